@@ -1,0 +1,306 @@
+//! The HTTP JSON API (axum).
+//!
+//! Reads go straight to the store (sled serves them concurrently with the chain task);
+//! changes and mempool look-ups go through the chain task's bounded command queue. Every
+//! failure is a JSON body `{"error": <code>, "message": <what went wrong>}` with a 4xx or
+//! 5xx status; nothing a client sends can make a handler panic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chainmesh_chain_sync::store::StoreReader;
+use chainmesh_mempool::AddError;
+use chainmesh_proto::{Address, Block, Hash, Tx, TxError};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::chain::{Command, NodeStatus, SubmitError};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub commands: mpsc::Sender<Command>,
+    pub status: watch::Receiver<NodeStatus>,
+    pub reader: StoreReader,
+    pub timeout: Duration,
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "API request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+    fn busy() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the node is busy; retry shortly",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SubmitError::Storage(_) => Self::internal(msg),
+            SubmitError::Rejected(r) => {
+                let (status, code) = match r {
+                    AddError::Invalid(TxError::BadSignature) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature")
+                    }
+                    AddError::Invalid(TxError::NonceReused { .. }) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "nonce_reused")
+                    }
+                    AddError::Invalid(TxError::NonceGap { .. }) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "nonce_gap")
+                    }
+                    AddError::Invalid(TxError::InsufficientBalance { .. }) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_balance")
+                    }
+                    AddError::Invalid(TxError::FeeTooLow { .. }) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "fee_too_low")
+                    }
+                    AddError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_tx"),
+                    AddError::AlreadyKnown => (StatusCode::CONFLICT, "already_known"),
+                    AddError::ReplacementUnderpriced { .. } => {
+                        (StatusCode::CONFLICT, "replacement_underpriced")
+                    }
+                    AddError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                    AddError::SenderFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "sender_full"),
+                    AddError::PoolFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "pool_full"),
+                    AddError::State(_) => return Self::internal(msg),
+                };
+                Self::new(status, code, msg)
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(state: ApiState, max_body: usize) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/blocks/{id}", get(block))
+        .route("/accounts/{address}", get(account))
+        .route("/txs", axum::routing::post(submit_tx))
+        .route("/txs/{id}", get(tx))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Sends a command to the chain task and waits for its answer, within the timeout.
+async fn ask<T>(
+    st: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    st.commands
+        .try_send(make(tx))
+        .map_err(|_| ApiError::busy())?;
+    match tokio::time::timeout(st.timeout, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(ApiError::busy()),
+    }
+}
+
+async fn status(State(st): State<ApiState>) -> Json<NodeStatus> {
+    Json(st.status.borrow().clone())
+}
+
+#[derive(Serialize)]
+pub struct TxView {
+    pub id: Hash,
+    #[serde(flatten)]
+    pub tx: Tx,
+}
+
+impl From<&Tx> for TxView {
+    fn from(tx: &Tx) -> Self {
+        TxView {
+            id: tx.id(),
+            tx: tx.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct BlockView {
+    pub hash: Hash,
+    pub canonical: bool,
+    #[serde(flatten)]
+    pub header: chainmesh_proto::Header,
+    pub txs: Vec<TxView>,
+}
+
+fn block_view(b: &Block, canonical: bool) -> BlockView {
+    BlockView {
+        hash: b.hash(),
+        canonical,
+        header: b.header.clone(),
+        txs: b.txs.iter().map(TxView::from).collect(),
+    }
+}
+
+async fn block(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<BlockView> {
+    let found = if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
+        let h: u64 = id
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("height {id} is out of range")))?;
+        if h > st.status.borrow().height {
+            None
+        } else {
+            st.reader.block_at(h).map_err(ApiError::internal)?
+        }
+    } else {
+        let hash: Hash = id.parse().map_err(|e| {
+            ApiError::bad_request(format!("block id must be a height or a block hash: {e}"))
+        })?;
+        st.reader.block(&hash).map_err(ApiError::internal)?
+    };
+    let b = found.ok_or_else(|| ApiError::not_found(format!("no block {id}")))?;
+    let canonical = st.reader.is_canonical(&b).map_err(ApiError::internal)?;
+    Ok(Json(block_view(&b, canonical)))
+}
+
+#[derive(Serialize)]
+pub struct AccountView {
+    pub address: Address,
+    pub balance: u64,
+    pub nonce: u64,
+    /// The nonce for the account's next new transaction, counting its pending ones.
+    pub next_nonce: u64,
+}
+
+async fn account(State(st): State<ApiState>, Path(addr): Path<String>) -> ApiResult<AccountView> {
+    let address: Address = addr
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("address: {e}")))?;
+    let a = st.reader.account(&address).map_err(ApiError::internal)?;
+    let next_nonce = ask(&st, |reply| Command::NextNonce {
+        addr: address,
+        reply,
+    })
+    .await?;
+    Ok(Json(AccountView {
+        address,
+        balance: a.balance,
+        nonce: a.nonce,
+        next_nonce,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct TxStatus {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    #[serde(flatten)]
+    pub tx: TxView,
+}
+
+async fn tx(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<TxStatus> {
+    let id: Hash = id
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("transaction id: {e}")))?;
+    if let Some(b) = st.reader.tx_block(&id).map_err(ApiError::internal)?
+        && let Some(t) = b.txs.iter().find(|t| t.id() == id)
+    {
+        return Ok(Json(TxStatus {
+            status: "included",
+            block: Some(b.hash()),
+            height: Some(b.header.height),
+            tx: t.into(),
+        }));
+    }
+    match ask(&st, |reply| Command::PendingTx { id, reply }).await? {
+        Some(t) => Ok(Json(TxStatus {
+            status: "pending",
+            block: None,
+            height: None,
+            tx: (&t).into(),
+        })),
+        None => Err(ApiError::not_found(format!("no transaction {id}"))),
+    }
+}
+
+#[derive(Serialize)]
+pub struct Submitted {
+    pub id: Hash,
+    pub status: &'static str,
+}
+
+async fn submit_tx(
+    State(st): State<ApiState>,
+    body: Result<Json<Tx>, JsonRejection>,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let Json(tx) = body.map_err(|r| {
+        let status = r.status();
+        ApiError::new(
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                status
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            "bad_request",
+            r.body_text(),
+        )
+    })?;
+    let id = ask(&st, |reply| Command::SubmitTx { tx, reply }).await??;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            id,
+            status: "pending",
+        }),
+    ))
+}
+
+/// Binds the API listener, reporting a taken port clearly.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for the API on {addr}: {e} (is another node running? choose another \
+             address with --api, or port 0 for any free port)"
+        )
+    })
+}

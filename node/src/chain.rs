@@ -1,0 +1,383 @@
+//! The chain task: the one owner of the store and the mempool, and the block producer.
+//!
+//! It runs on a thread of its own (sled calls block, fsync most of all). API handlers
+//! reach it through a bounded command channel; it answers after the change they asked
+//! for is durable. Commands that arrive together share one flush (group commit), so the
+//! cost of durability does not grow with the request rate.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chainmesh_chain_sync::state::AccountReader;
+use chainmesh_chain_sync::store::AccountsTree;
+use chainmesh_chain_sync::{ImportOutcome, Store};
+use chainmesh_mempool::{AccountState, AddError, PersistentPool};
+use chainmesh_proto::{Account, Address, Hash, Keypair, Tx};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most commands taken in one round before a flush.
+const MAX_BATCH: usize = 256;
+/// Capacity of the command channel: beyond it the API answers 503 at once.
+pub const COMMAND_QUEUE: usize = 1024;
+
+#[derive(Debug)]
+pub enum Command {
+    SubmitTx {
+        tx: Tx,
+        reply: oneshot::Sender<Result<Hash, SubmitError>>,
+    },
+    PendingTx {
+        id: Hash,
+        reply: oneshot::Sender<Option<Tx>>,
+    },
+    NextNonce {
+        addr: Address,
+        reply: oneshot::Sender<u64>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] AddError),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// What the node reports as its state. Published only after the tip it names is durable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub version: String,
+    pub network_id: String,
+    pub genesis: Hash,
+    pub height: u64,
+    pub tip: Hash,
+    pub tip_slot: u64,
+    pub mempool_txs: usize,
+    pub mempool_bytes: usize,
+    /// The authority this node produces for, if any.
+    pub producer: Option<Address>,
+}
+
+pub(crate) struct PoolState<'a>(pub(crate) &'a AccountsTree);
+
+impl AccountState for PoolState<'_> {
+    fn account(&self, addr: &Address) -> Result<Account, String> {
+        self.0
+            .read_account(addr)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct ChainService {
+    store: Store,
+    pool: PersistentPool,
+    producer: Option<Keypair>,
+    status: watch::Sender<NodeStatus>,
+}
+
+impl ChainService {
+    pub fn new(
+        store: Store,
+        pool: PersistentPool,
+        producer: Option<Keypair>,
+    ) -> (Self, watch::Receiver<NodeStatus>) {
+        let tip = store.tip().clone();
+        let status = NodeStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            network_id: store.genesis().network_id.clone(),
+            genesis: store.genesis_hash(),
+            height: tip.height,
+            tip: tip.hash,
+            tip_slot: tip.slot,
+            mempool_txs: pool.pool().len(),
+            mempool_bytes: pool.pool().bytes(),
+            producer: producer.as_ref().map(Keypair::public),
+        };
+        let (tx, rx) = watch::channel(status);
+        (
+            ChainService {
+                store,
+                pool,
+                producer,
+                status: tx,
+            },
+            rx,
+        )
+    }
+
+    fn publish_status(&self) {
+        let tip = self.store.tip();
+        self.status.send_modify(|s| {
+            s.height = tip.height;
+            s.tip = tip.hash;
+            s.tip_slot = tip.slot;
+            s.mempool_txs = self.pool.pool().len();
+            s.mempool_bytes = self.pool.pool().bytes();
+        });
+    }
+
+    /// Runs until every command sender is gone; flushes on the way out.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let wait = self.until_next_slot();
+            tokio::select! {
+                first = commands.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match commands.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle_batch(batch);
+                }
+                _ = tokio::time::sleep(wait) => self.on_slot(),
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!("chain task stopped");
+    }
+
+    fn until_next_slot(&self) -> Duration {
+        let g = self.store.genesis();
+        let now = now_ms();
+        let next = g
+            .slot_start(g.slot_at(now) + 1)
+            .unwrap_or(u64::MAX)
+            .max(g.timestamp_ms);
+        Duration::from_millis(next.saturating_sub(now).max(1))
+    }
+
+    fn handle_batch(&mut self, batch: Vec<Command>) {
+        let mut replies = Vec::new();
+        let mut wrote = false;
+        for cmd in batch {
+            match cmd {
+                Command::SubmitTx { tx, reply } => {
+                    let state = PoolState(self.store.account_reader());
+                    let r = match self.pool.add(tx, &state) {
+                        Ok(Ok(added)) => {
+                            wrote = true;
+                            Ok(added.id)
+                        }
+                        Ok(Err(e)) => Err(SubmitError::Rejected(e)),
+                        Err(e) => Err(SubmitError::Storage(e.to_string())),
+                    };
+                    replies.push((reply, r));
+                }
+                Command::PendingTx { id, reply } => {
+                    let _ = reply.send(self.pool.pool().get(&id).cloned());
+                }
+                Command::NextNonce { addr, reply } => {
+                    let acct = PoolState(self.store.account_reader())
+                        .account(&addr)
+                        .unwrap_or_default();
+                    let _ = reply.send(self.pool.pool().next_nonce(&addr, acct.nonce));
+                }
+            }
+        }
+        if wrote && let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "flush failed");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(SubmitError::Storage(e.to_string())));
+            }
+            return;
+        }
+        for (reply, r) in replies {
+            let _ = reply.send(r);
+        }
+        self.publish_status();
+    }
+
+    fn on_slot(&mut self) {
+        let Some(key) = self.producer.clone() else {
+            return;
+        };
+        let g = self.store.genesis();
+        let now = now_ms();
+        let slot = g.slot_at(now);
+        if g.producer_for(slot) != &key.public()
+            || slot <= self.store.tip().slot
+            || now < g.timestamp_ms
+        {
+            return;
+        }
+        if let Err(e) = self.produce(&key, slot) {
+            tracing::error!(slot, error = %e, "block production failed");
+        }
+    }
+
+    fn produce(&mut self, key: &Keypair, slot: u64) -> anyhow::Result<()> {
+        let max = self.store.genesis().limits.max_block_txs as usize;
+        let candidates = self.pool.pool().best(max);
+        let built = self.store.build_block(key, slot, candidates)?;
+        if !built.invalid.is_empty() {
+            let ids: Vec<Hash> = built.invalid.iter().map(|(h, _)| *h).collect();
+            for (id, why) in &built.invalid {
+                tracing::debug!(tx = %id, error = %why, "dropping a pool transaction that no longer applies");
+            }
+            self.pool
+                .remove_invalid(&ids, &PoolState(self.store.account_reader()))?;
+        }
+        let txs = built.block.txs.len();
+        let hash = built.block.hash();
+        if let ImportOutcome::NewTip { tip, .. } = self.import_block(built.block)? {
+            tracing::info!(height = tip.height, slot, txs, hash = %hash, "produced block");
+        }
+        Ok(())
+    }
+
+    /// Imports a block (ours or a peer's), makes it durable, and brings the mempool in
+    /// line: included transactions leave it, those of blocks a reorg abandoned return.
+    pub fn import_block(&mut self, block: chainmesh_proto::Block) -> anyhow::Result<ImportOutcome> {
+        let outcome = self.store.import(block, now_ms())?;
+        if let ImportOutcome::NewTip {
+            applied, reverted, ..
+        } = &outcome
+        {
+            self.store.flush()?;
+            self.pool
+                .on_new_tip(applied, reverted, &PoolState(self.store.account_reader()))?;
+            if !reverted.is_empty() {
+                let returned: usize = reverted.iter().map(|b| b.txs.len()).sum();
+                tracing::info!(
+                    reverted = reverted.len(),
+                    txs = returned,
+                    "returned transactions of abandoned blocks to the mempool"
+                );
+            }
+            self.publish_status();
+        }
+        Ok(outcome)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn pool(&self) -> &chainmesh_mempool::Pool {
+        self.pool.pool()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainmesh_chain_sync::{Allocation, ChainLimits, Genesis};
+    use chainmesh_mempool::PoolConfig;
+    use chainmesh_proto::PublicKey;
+
+    struct Fx {
+        a: Keypair,
+        b: Keypair,
+        alice: Keypair,
+        genesis: Genesis,
+    }
+
+    fn fx() -> Fx {
+        let (a, b, alice) = (
+            Keypair::generate(),
+            Keypair::generate(),
+            Keypair::generate(),
+        );
+        let genesis = Genesis {
+            network_id: "reorg".into(),
+            timestamp_ms: (now_ms() - 3_600_000) / 1000 * 1000,
+            block_time_ms: 1000,
+            authorities: vec![a.public(), b.public()],
+            allocations: vec![Allocation {
+                address: alice.public(),
+                balance: 1_000,
+            }],
+            limits: ChainLimits::default(),
+        };
+        Fx {
+            a,
+            b,
+            alice,
+            genesis,
+        }
+    }
+
+    fn service(f: &Fx, dir: &std::path::Path) -> ChainService {
+        let db = sled::open(dir).unwrap();
+        let store = Store::open_db(db.clone(), &f.genesis).unwrap();
+        let pool = PersistentPool::open(
+            db.open_tree("mempool").unwrap(),
+            PoolConfig::default(),
+            store.genesis_hash(),
+            &PoolState(store.account_reader()),
+        )
+        .unwrap();
+        ChainService::new(store, pool, None).0
+    }
+
+    fn submit(svc: &mut ChainService, tx: Tx) -> Result<Hash, SubmitError> {
+        let (reply, mut rx) = oneshot::channel();
+        svc.handle_batch(vec![Command::SubmitTx { tx, reply }]);
+        rx.try_recv().unwrap()
+    }
+
+    #[test]
+    fn reorg_to_a_higher_fork_returns_orphaned_txs_to_the_mempool() {
+        let f = fx();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut ours = service(&f, d1.path());
+        let chain = ours.store().genesis_hash();
+        let bob = PublicKey([0xb0; 32]);
+        let t0 = Tx::transfer(&f.alice, &chain, bob, 100, 1, 0);
+        let t1 = Tx::transfer(&f.alice, &chain, bob, 200, 1, 1);
+        submit(&mut ours, t0.clone()).unwrap();
+        submit(&mut ours, t1.clone()).unwrap();
+        assert!(matches!(
+            submit(&mut ours, t1.clone()),
+            Err(SubmitError::Rejected(AddError::AlreadyKnown))
+        ));
+        // Our block (slot 2, authority a) includes both; the pool empties.
+        ours.produce(&f.a, 2).unwrap();
+        assert_eq!(ours.store().tip().height, 1);
+        assert!(ours.pool().is_empty());
+        assert_eq!(ours.store().account(&bob).unwrap().balance, 300);
+
+        // Another node built a longer fork from genesis without those txs.
+        let mut theirs = service(&f, d2.path());
+        theirs.produce(&f.b, 3).unwrap();
+        theirs.produce(&f.a, 4).unwrap();
+        let fork: Vec<_> = (1..=2)
+            .map(|h| theirs.store().reader().block_at(h).unwrap().unwrap())
+            .collect();
+        for b in fork {
+            ours.import_block(b).unwrap();
+        }
+
+        assert_eq!(ours.store().tip(), theirs.store().tip());
+        assert_eq!(ours.store().account(&bob).unwrap().balance, 0);
+        assert_eq!(
+            ours.store().account(&f.alice.public()).unwrap().balance,
+            1_000
+        );
+        // The orphaned txs are pending again, in nonce order, ready for the next block.
+        let pending: Vec<Hash> = ours.pool().best(10).iter().map(Tx::id).collect();
+        assert_eq!(pending, vec![t0.id(), t1.id()]);
+        assert_eq!(*ours.status.borrow(), {
+            let mut s = ours.status.borrow().clone();
+            s.height = 2;
+            s.mempool_txs = 2;
+            s
+        });
+        ours.produce(&f.b, 5).unwrap();
+        assert_eq!(ours.store().account(&bob).unwrap().balance, 300);
+        assert!(ours.pool().is_empty());
+    }
+}

@@ -1,0 +1,266 @@
+//! The node's TOML config. Every field has a default, and [`template`] writes them all
+//! down with comments, so `chainmesh init` produces a file that documents itself.
+//! Relative paths are resolved against the folder holding the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use chainmesh_chain_sync::Genesis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the node keeps its database.
+    pub data_dir: PathBuf,
+    /// The network's genesis file.
+    pub genesis: PathBuf,
+    /// Key of a genesis authority: if set, the node produces blocks in its slots.
+    pub producer_key: Option<PathBuf>,
+    pub api: ApiConfig,
+    pub mempool: MempoolConfig,
+    pub chain: ChainConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP JSON API. Port 0 picks a free port; the bound address is written to
+    /// `<data_dir>/api.addr`.
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// Longest a request waits for the chain task before answering 503.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MempoolConfig {
+    pub max_txs: usize,
+    pub max_bytes: usize,
+    pub max_per_sender: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    pub max_reorg_depth: u64,
+    /// sled page cache size.
+    pub cache_mb: u64,
+}
+
+pub const DEFAULT_API: &str = "127.0.0.1:7700";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: "data".into(),
+            genesis: "genesis.toml".into(),
+            producer_key: None,
+            api: ApiConfig::default(),
+            mempool: MempoolConfig::default(),
+            chain: ChainConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: DEFAULT_API
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
+            max_body_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        let d = chainmesh_mempool::PoolConfig::default();
+        MempoolConfig {
+            max_txs: d.max_txs,
+            max_bytes: d.max_bytes,
+            max_per_sender: d.max_per_sender,
+        }
+    }
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        ChainConfig {
+            max_reorg_depth: chainmesh_chain_sync::store::DEFAULT_MAX_REORG_DEPTH,
+            cache_mb: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file; paths in it become absolute.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut cfg: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        cfg.check()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.data_dir);
+        abs(&mut self.genesis);
+        if let Some(k) = &mut self.producer_key {
+            abs(k);
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.mempool.max_txs == 0 || self.mempool.max_per_sender == 0 {
+            bail!("mempool.max_txs and mempool.max_per_sender must be at least 1");
+        }
+        if self.mempool.max_bytes < chainmesh_proto::limits::MAX_TX_BYTES {
+            bail!(
+                "mempool.max_bytes must be at least {} (one transaction)",
+                chainmesh_proto::limits::MAX_TX_BYTES
+            );
+        }
+        if self.api.max_body_bytes < 1024 {
+            bail!("api.max_body_bytes must be at least 1024");
+        }
+        if self.api.request_timeout_ms == 0 {
+            bail!("api.request_timeout_ms must be above 0");
+        }
+        if self.chain.max_reorg_depth == 0 {
+            bail!("chain.max_reorg_depth must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn pool_config(&self, genesis: &Genesis) -> chainmesh_mempool::PoolConfig {
+        chainmesh_mempool::PoolConfig {
+            max_txs: self.mempool.max_txs,
+            max_bytes: self.mempool.max_bytes,
+            max_per_sender: self.mempool.max_per_sender,
+            min_fee: genesis.limits.min_fee,
+        }
+    }
+}
+
+/// A commented config file holding every default, with the given producer key and API
+/// address.
+pub fn template(producer_key: Option<&str>, api: SocketAddr) -> String {
+    let d = Config::default();
+    let key_line = match producer_key {
+        Some(k) => format!("producer_key = {k:?}"),
+        None => "# producer_key = \"keys/producer.key\"".to_string(),
+    };
+    format!(
+        r#"# chainmesh node configuration. Every setting is shown with its default value.
+# Relative paths are relative to this file's folder.
+
+# Where the node keeps its database (sled).
+data_dir = {data_dir:?}
+# The network's genesis file (network id, authorities, allocations, chain limits).
+genesis = {genesis:?}
+# Key of a genesis authority: when set, the node produces blocks in that authority's slots.
+{key_line}
+
+[api]
+# HTTP JSON API (status, blocks, accounts, transactions). Keep it on loopback unless a
+# proxy in front of it controls access. Port 0 picks a free port; the bound address is
+# written to <data_dir>/api.addr.
+listen = "{api}"
+# Largest request body accepted, in bytes.
+max_body_bytes = {body}
+# Longest a request waits for the chain task before the API answers 503.
+request_timeout_ms = {timeout}
+
+[mempool]
+# Most pending transactions, and their most total encoded bytes. When full, a new
+# transaction must out-pay the lowest fee in the pool, which is evicted.
+max_txs = {max_txs}
+max_bytes = {max_bytes}
+# Most pending transactions of one sender.
+max_per_sender = {per_sender}
+
+[chain]
+# Deepest reorganisation the node performs on its own.
+max_reorg_depth = {reorg}
+# Database page cache, in MiB.
+cache_mb = {cache}
+"#,
+        data_dir = d.data_dir.display().to_string(),
+        genesis = d.genesis.display().to_string(),
+        body = d.api.max_body_bytes,
+        timeout = d.api.request_timeout_ms,
+        max_txs = d.mempool.max_txs,
+        max_bytes = d.mempool.max_bytes,
+        per_sender = d.mempool.max_per_sender,
+        reorg = d.chain.max_reorg_depth,
+        cache = d.chain.cache_mb,
+    )
+}
+
+/// Reads and validates a genesis file.
+pub fn load_genesis(path: &Path) -> anyhow::Result<Genesis> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read genesis file {}", path.display()))?;
+    let g: Genesis = toml::from_str(&text)
+        .with_context(|| format!("invalid genesis file {}", path.display()))?;
+    g.validate()
+        .with_context(|| format!("invalid genesis file {}", path.display()))?;
+    Ok(g)
+}
+
+pub fn genesis_to_toml(g: &Genesis) -> anyhow::Result<String> {
+    Ok(format!(
+        "# chainmesh genesis. Every node of the network must use this exact file: any change\n\
+         # gives another genesis hash, i.e. another network.\n\n{}",
+        toml::to_string(g)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let t = template(None, DEFAULT_API.parse().unwrap());
+        let c: Config = toml::from_str(&t).unwrap();
+        assert_eq!(c, Config::default());
+        let t = template(Some("keys/p.key"), "127.0.0.1:0".parse().unwrap());
+        let c: Config = toml::from_str(&t).unwrap();
+        assert_eq!(c.producer_key, Some(PathBuf::from("keys/p.key")));
+        assert_eq!(c.api.listen.port(), 0);
+    }
+
+    #[test]
+    fn unknown_and_bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[mempool]\nmax_tx = 5\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("unknown field `max_tx`"), "{e}");
+        std::fs::write(&p, "[mempool]\nmax_txs = 0\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("max_txs"), "{e}");
+        std::fs::write(&p, "[api]\nlisten = \"nowhere\"\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("listen"), "{e}");
+        std::fs::write(&p, "data_dir = \"d\"\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("d"));
+        assert_eq!(c.genesis, dir.path().join("genesis.toml"));
+    }
+}

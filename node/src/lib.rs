@@ -1,0 +1,411 @@
+//! The `chainmesh` full node: CLI, config, chain task, block producer and HTTP API.
+
+pub mod api;
+pub mod chain;
+pub mod client;
+pub mod config;
+pub mod setup;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chainmesh_chain_sync::Store;
+use chainmesh_mempool::PersistentPool;
+use chainmesh_proto::{Address, Keypair, Tx};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
+
+use crate::chain::{COMMAND_QUEUE, ChainService, PoolState};
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "chainmesh", version, about = "chainmesh full node")]
+struct Cli {
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "CHAINMESH_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `chainmesh_node=debug,info` (RUST_LOG wins if set).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate an ed25519 key file and print its address.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a commented config and a genesis for a new network into a folder.
+    Init(setup::InitArgs),
+    /// Run a node from a config file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the config's API listen address.
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+    /// Run a one-node development network: keys, genesis and data are created on first
+    /// use, blocks every second, two funded accounts (alice, bob).
+    Dev(DevArgs),
+    /// Show a running node's status.
+    Status {
+        #[arg(long, default_value = DEFAULT_API_URL, env = "CHAINMESH_API")]
+        api: String,
+    },
+    /// Transactions.
+    Tx {
+        #[command(subcommand)]
+        cmd: TxCmd,
+    },
+}
+
+const DEFAULT_API_URL: &str = "http://127.0.0.1:7700";
+
+#[derive(Args)]
+struct DevArgs {
+    /// Data folder [default: $XDG_DATA_HOME/chainmesh/dev or ~/.local/share/chainmesh/dev].
+    #[arg(long, env = "CHAINMESH_DEV_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Slot length for a new dev network.
+    #[arg(long, default_value_t = 1000)]
+    block_time_ms: u64,
+    /// Delete the dev network's data and keys first, and start a new chain.
+    #[arg(long)]
+    reset: bool,
+}
+
+#[derive(Subcommand)]
+enum TxCmd {
+    /// Sign a transfer with a key file and submit it to a node.
+    Send {
+        /// Sender's key file (see `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        to: Address,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value_t = 1)]
+        fee: u64,
+        /// Defaults to the account's next nonce as the node sees it.
+        #[arg(long)]
+        nonce: Option<u64>,
+        #[arg(long, default_value = DEFAULT_API_URL, env = "CHAINMESH_API")]
+        api: String,
+        /// Wait until the transaction is in a block (at most 60 s).
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Keygen { out } => {
+            let k = Keypair::generate();
+            k.save_new(&out)?;
+            println!("{}", k.public());
+            eprintln!("wrote key file {} (keep it secret)", out.display());
+            Ok(())
+        }
+        Cmd::Init(args) => {
+            let s = setup::init(&args)?;
+            println!("{}", s.describe());
+            Ok(())
+        }
+        Cmd::Run { config, api } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(a) = api {
+                cfg.api.listen = a;
+            }
+            run_node(cfg)
+        }
+        Cmd::Dev(a) => dev(a),
+        Cmd::Status { api } => runtime()?.block_on(async {
+            let s = client::Client::new(&api)?.status().await?;
+            println!("network   {}", s.network_id);
+            println!("genesis   {}", s.genesis);
+            println!("height    {}", s.height);
+            println!("tip       {} (slot {})", s.tip, s.tip_slot);
+            println!("mempool   {} txs, {} bytes", s.mempool_txs, s.mempool_bytes);
+            match s.producer {
+                Some(p) => println!("producer  {p}"),
+                None => println!("producer  (not producing)"),
+            }
+            println!("version   {}", s.version);
+            Ok(())
+        }),
+        Cmd::Tx {
+            cmd:
+                TxCmd::Send {
+                    key,
+                    to,
+                    amount,
+                    fee,
+                    nonce,
+                    api,
+                    wait,
+                },
+        } => runtime()?.block_on(tx_send(&key, to, amount, fee, nonce, &api, wait)),
+    }
+}
+
+async fn tx_send(
+    key: &Path,
+    to: Address,
+    amount: u64,
+    fee: u64,
+    nonce: Option<u64>,
+    api: &str,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let key = Keypair::load(key)?;
+    let c = client::Client::new(api)?;
+    let status = c.status().await?;
+    let nonce = match nonce {
+        Some(n) => n,
+        None => c.account(&key.public()).await?.next_nonce,
+    };
+    let tx = Tx::transfer(&key, &status.genesis, to, amount, fee, nonce);
+    let id = c.submit(&tx).await?;
+    println!("{id}");
+    eprintln!(
+        "submitted {id}: {amount} from {} to {to}, fee {fee}, nonce {nonce}",
+        key.public()
+    );
+    if wait {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let t = c.tx(&id).await?;
+            if t.status == "included" {
+                eprintln!(
+                    "included in block {} at height {}",
+                    t.block.map(|b| b.to_string()).unwrap_or_default(),
+                    t.height.unwrap_or_default()
+                );
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "transaction {id} was not included within 60 s (status: {})",
+                    t.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
+}
+
+fn default_dev_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    match base {
+        Some(b) => b.join("chainmesh/dev"),
+        None => PathBuf::from(".chainmesh-dev"),
+    }
+}
+
+fn dev(a: DevArgs) -> anyhow::Result<()> {
+    let dir = a.data_dir.unwrap_or_else(default_dev_dir);
+    if a.reset && dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "reset the dev network");
+    }
+    let config_path = dir.join("config.toml");
+    if !config_path.exists() {
+        let s = setup::init(&setup::InitArgs {
+            dir: dir.clone(),
+            network_id: "devnet".into(),
+            block_time_ms: a.block_time_ms,
+            authorities: vec![],
+            alloc: vec![],
+            dev_accounts: true,
+            api: a.api.unwrap_or(config::ApiConfig::default().listen),
+        })?;
+        eprintln!("{}", s.describe());
+    }
+    let mut cfg = Config::load(&config_path)?;
+    if let Some(api) = a.api {
+        cfg.api.listen = api;
+    }
+    let keys = dir.join("keys");
+    for name in ["alice", "bob"] {
+        let p = keys.join(format!("{name}.key"));
+        if let Ok(k) = Keypair::load(&p) {
+            tracing::info!(account = name, address = %k.public(), key = %p.display(), "dev account");
+        }
+    }
+    run_node(cfg)
+}
+
+/// Opens everything a node needs and runs it until Ctrl-C or SIGTERM.
+pub fn run_node(cfg: Config) -> anyhow::Result<()> {
+    let genesis = config::load_genesis(&cfg.genesis)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let db_path = cfg.data_dir.join("db");
+    let db = sled::Config::new()
+        .path(&db_path)
+        .cache_capacity(cfg.chain.cache_mb.saturating_mul(1024 * 1024))
+        .open()
+        .with_context(|| {
+            format!(
+                "cannot open the database {} (is another node using this data directory?)",
+                db_path.display()
+            )
+        })?;
+    let mut store = Store::open_db(db.clone(), &genesis)
+        .with_context(|| format!("cannot open the store in {}", db_path.display()))?;
+    store.set_max_reorg_depth(cfg.chain.max_reorg_depth);
+    let pool = PersistentPool::open(
+        db.open_tree("mempool")?,
+        cfg.pool_config(&genesis),
+        store.genesis_hash(),
+        &PoolState(store.account_reader()),
+    )?;
+    let producer = match &cfg.producer_key {
+        None => None,
+        Some(p) => {
+            let k = Keypair::load(p)?;
+            if genesis.authorities.contains(&k.public()) {
+                Some(k)
+            } else {
+                tracing::warn!(key = %p.display(), address = %k.public(), "producer key is not a genesis authority; not producing blocks");
+                None
+            }
+        }
+    };
+    let tip = store.tip().clone();
+    tracing::info!(
+        network = %genesis.network_id,
+        genesis = %store.genesis_hash(),
+        height = tip.height,
+        tip = %tip.hash,
+        mempool = pool.pool().len(),
+        producing = producer.is_some(),
+        "node starting"
+    );
+    let reader = store.reader();
+    let (svc, status) = ChainService::new(store, pool, producer);
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let chain_thread =
+        std::thread::Builder::new()
+            .name("chain".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(svc.run(cmd_rx));
+                Ok(())
+            })?;
+
+    let rt = runtime()?;
+    let served = rt.block_on(async {
+        let listener = api::bind(cfg.api.listen).await?;
+        let bound = listener.local_addr()?;
+        let addr_file = cfg.data_dir.join("api.addr");
+        std::fs::write(&addr_file, format!("{bound}\n"))
+            .with_context(|| format!("cannot write {}", addr_file.display()))?;
+        tracing::info!(api = %format!("http://{bound}"), "API listening");
+        let state = api::ApiState {
+            commands: cmd_tx,
+            status,
+            reader,
+            timeout: Duration::from_millis(cfg.api.request_timeout_ms),
+        };
+        axum::serve(listener, api::router(state, cfg.api.max_body_bytes))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("API server failed")
+    });
+    // Stopping the server dropped the last command sender: the chain task flushes and ends.
+    drop(rt);
+    match chain_thread.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the chain task panicked"),
+    }
+    served?;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

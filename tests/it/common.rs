@@ -1,0 +1,162 @@
+//! Running `chainmesh` as a child process and talking to its API.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chainmesh_proto::{Hash, Keypair, PublicKey, Tx};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_chainmesh-under-test");
+
+pub struct Node {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub api: String,
+    http: reqwest::blocking::Client,
+}
+
+fn log_file(dir: &Path) -> File {
+    std::fs::create_dir_all(dir).unwrap();
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .unwrap()
+}
+
+impl Node {
+    /// `chainmesh dev` in `dir` with an API on a free loopback port.
+    pub fn start_dev(dir: &Path, block_time_ms: u64) -> Node {
+        let addr_file = dir.join("data/api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(BIN)
+            .args(["--log-format", "json", "dev", "--api", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--block-time-ms", &block_time_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log_file(dir))
+            .stderr(log_file(dir))
+            .spawn()
+            .expect("start chainmesh");
+        let mut node = Node {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && !a.trim().is_empty()
+            {
+                node.api = format!("http://{}", a.trim());
+                if node.try_get("/status").is_some() {
+                    return node;
+                }
+            }
+            if let Some(st) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node exited with {st} during start\n{}", node.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node API not up in 30 s\n{}",
+                node.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<Value> {
+        let r = self.http.get(format!("{}{path}", self.api)).send().ok()?;
+        r.json().ok()
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_tail()));
+        r.json().unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        self.get("/status")
+    }
+
+    pub fn height(&self) -> u64 {
+        self.status()["height"].as_u64().unwrap()
+    }
+
+    pub fn genesis_hash(&self) -> Hash {
+        self.status()["genesis"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub fn account(&self, a: &PublicKey) -> Value {
+        self.get(&format!("/accounts/{a}"))
+    }
+
+    pub fn balance(&self, a: &PublicKey) -> u64 {
+        self.account(a)["balance"].as_u64().unwrap()
+    }
+
+    /// POSTs a raw body to /txs; returns the status code and JSON answer.
+    pub fn post_raw(&self, body: String) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/txs", self.api))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn post_tx(&self, tx: &Tx) -> (u16, Value) {
+        self.post_raw(serde_json::to_string(tx).unwrap())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn key(&self, name: &str) -> Keypair {
+        Keypair::load(&self.dir.join(format!("keys/{name}.key"))).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the CLI to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chainmesh")
+}

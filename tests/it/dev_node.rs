@@ -1,0 +1,113 @@
+//! `chainmesh dev`: a one-node network that produces blocks and processes transfers,
+//! and refuses bad transactions with a reason while it keeps running.
+
+use std::time::{Duration, Instant};
+
+use chainmesh_proto::Tx;
+
+use crate::common::{Node, cli};
+
+#[test]
+fn dev_node_produces_blocks_and_processes_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start_dev(dir.path(), 1000);
+
+    // Blocks every second: the height rises.
+    let h0 = node.height();
+    std::thread::sleep(Duration::from_millis(3_200));
+    let h1 = node.height();
+    assert!(h1 >= h0 + 2, "height went from {h0} to {h1} in 3.2 s");
+
+    // A valid transfer through the CLI lands within two slots and moves both balances.
+    let (alice, bob) = (node.key("alice"), node.key("bob"));
+    let (a0, b0) = (node.balance(&alice.public()), node.balance(&bob.public()));
+    let key = dir.path().join("keys/alice.key");
+    let submitted_at = node.height();
+    let out = cli(&[
+        "--log-level",
+        "warn",
+        "tx",
+        "send",
+        "--api",
+        &node.api,
+        "--key",
+        key.to_str().unwrap(),
+        "--to",
+        &bob.public().to_string(),
+        "--amount",
+        "12345",
+        "--fee",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "tx send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let included_at = loop {
+        let t = node.get(&format!("/txs/{id}"));
+        if t["status"] == "included" {
+            break t["height"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "tx {id} not included: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        included_at <= submitted_at + 2,
+        "submitted at height {submitted_at}, included at {included_at}"
+    );
+    assert_eq!(node.balance(&alice.public()), a0 - 12345 - 7);
+    assert_eq!(node.balance(&bob.public()), b0 + 12345);
+
+    // Bad transactions: a 4xx whose message names the cause.
+    let chain = node.genesis_hash();
+    let mut forged = Tx::transfer(&alice, &chain, bob.public(), 5, 1, 1);
+    forged.signature.0[10] ^= 0x40;
+    let (code, body) = node.post_tx(&forged);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("bad signature"),
+        "{body}"
+    );
+
+    let reused = Tx::transfer(&alice, &chain, bob.public(), 5, 1, 0);
+    let (code, body) = node.post_tx(&reused);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("nonce already used"),
+        "{body}"
+    );
+
+    let balance = node.balance(&alice.public());
+    let overspend = Tx::transfer(&alice, &chain, bob.public(), balance, 1, 1);
+    let (code, body) = node.post_tx(&overspend);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient balance"),
+        "{body}"
+    );
+
+    let (code, body) = node.post_raw("{\"from\": 12".into());
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = node.post_raw("x".repeat(200_000));
+    assert!((400..500).contains(&code), "{code} {body}");
+
+    // Still running and still producing.
+    assert!(node.is_running(), "node died:\n{}", node.log_tail());
+    let h2 = node.height();
+    std::thread::sleep(Duration::from_millis(2_200));
+    assert!(node.height() > h2);
+
+    // The status command reads the same node.
+    let out = cli(&["status", "--api", &node.api]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("network   devnet"));
+}

@@ -1,0 +1,6 @@
+//! chainmesh integration tests: one crate, one binary, a module per area. Every test
+//! runs the real node binary as child processes on 127.0.0.1.
+
+mod common;
+mod crash;
+mod dev_node;
