@@ -14,10 +14,13 @@ pub mod genesis;
 pub mod rules;
 pub mod state;
 pub mod store;
+pub mod sync;
 
 pub use genesis::{Allocation, ChainLimits, Genesis, GenesisError};
 pub use rules::BlockError;
 pub use store::{ImportError, ImportOutcome, Store, StoreError, Tip};
 
+#[cfg(test)]
+mod sync_tests;
 #[cfg(test)]
 mod tests;

@@ -607,3 +607,98 @@ impl StoreReader {
         }
     }
 }
+
+/// Serving peers and building locators: reads of the canonical chain.
+impl StoreReader {
+    /// Canonical hashes at `tip`, `tip-1`, `tip-2`, `tip-4`, … and genesis (at most 64),
+    /// so a peer finds the highest block we share in O(log height) entries.
+    pub fn locator(&self, tip_height: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let mut out = Vec::new();
+        let mut h = tip_height;
+        let mut step = 1u64;
+        loop {
+            if let Some(hash) = self.canonical_hash(h)? {
+                out.push((h, hash));
+            }
+            if h == 0 || out.len() >= 63 {
+                break;
+            }
+            if out.len() >= 2 {
+                step = step.saturating_mul(2);
+            }
+            h = h.saturating_sub(step);
+        }
+        if out.last().map(|(h, _)| *h) != Some(0)
+            && let Some(g) = self.canonical_hash(0)?
+        {
+            out.push((0, g));
+        }
+        Ok(out)
+    }
+
+    /// Canonical headers after the first locator hash that is on our canonical chain
+    /// (genesis if none is), at most `max`.
+    pub fn headers_after(&self, locator: &[Hash], max: u32) -> Result<Vec<Header>, StoreError> {
+        let mut from = 0u64;
+        for h in locator {
+            if let Some(b) = self.block(h)?
+                && self.canonical_hash(b.header.height)? == Some(*h)
+            {
+                from = b.header.height;
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut height = from + 1;
+        while out.len() < max as usize {
+            match self.block_at(height)? {
+                Some(b) => out.push(b.header),
+                None => break,
+            }
+            height += 1;
+        }
+        Ok(out)
+    }
+
+    /// Blocks by hash in the order asked, skipping unknown ones, stopping before the
+    /// encoded total would pass `max_bytes`.
+    pub fn blocks_by_hash(
+        &self,
+        hashes: &[Hash],
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        for h in hashes {
+            let Some(raw) = self.blocks.get(h.0)? else {
+                continue;
+            };
+            if size + raw.len() + 8 > max_bytes {
+                break;
+            }
+            size += raw.len() + 8;
+            out.push(
+                wire::decode_block(&raw)
+                    .map_err(|e| StoreError::Corrupt(format!("block {h}: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Canonical blocks `from..from+count`, with the same byte cap.
+    pub fn block_range(
+        &self,
+        from: u64,
+        count: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
+        let mut hashes = Vec::new();
+        for h in from..from.saturating_add(u64::from(count)) {
+            match self.canonical_hash(h)? {
+                Some(x) => hashes.push(x),
+                None => break,
+            }
+        }
+        self.blocks_by_hash(&hashes, max_bytes)
+    }
+}

@@ -6,18 +6,18 @@ use crate::genesis::{Allocation, ChainLimits, Genesis};
 use crate::rules::BlockError;
 use crate::store::{ImportError, ImportOutcome, Store, StoreError};
 
-struct Net {
-    a: Keypair,
-    b: Keypair,
-    alice: Keypair,
-    bob: PublicKey,
-    genesis: Genesis,
+pub(crate) struct Net {
+    pub a: Keypair,
+    pub b: Keypair,
+    pub alice: Keypair,
+    pub bob: PublicKey,
+    pub genesis: Genesis,
 }
 
 const T0: u64 = 1_700_000_000_000;
-const NOW: u64 = T0 + 1_000_000;
+pub(crate) const NOW: u64 = T0 + 1_000_000;
 
-fn net() -> Net {
+pub(crate) fn net() -> Net {
     let (a, b, alice) = (
         Keypair::generate(),
         Keypair::generate(),
@@ -44,10 +44,14 @@ fn net() -> Net {
 }
 
 impl Net {
-    fn key_for(&self, slot: u64) -> &Keypair {
-        if slot % 2 == 0 { &self.a } else { &self.b }
+    pub fn key_for(&self, slot: u64) -> &Keypair {
+        if slot.is_multiple_of(2) {
+            &self.a
+        } else {
+            &self.b
+        }
     }
-    fn tx(&self, amount: u64, nonce: u64) -> Tx {
+    pub fn tx(&self, amount: u64, nonce: u64) -> Tx {
         Tx::transfer(
             &self.alice,
             &self.genesis.hash(),
@@ -59,13 +63,13 @@ impl Net {
     }
 }
 
-fn open(n: &Net) -> (tempfile::TempDir, Store) {
+pub(crate) fn open(n: &Net) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), &n.genesis).unwrap();
     (dir, s)
 }
 
-fn produce(n: &Net, s: &mut Store, slot: u64, txs: Vec<Tx>) -> Block {
+pub(crate) fn produce(n: &Net, s: &mut Store, slot: u64, txs: Vec<Tx>) -> Block {
     let built = s.build_block(n.key_for(slot), slot, txs).unwrap();
     assert!(built.invalid.is_empty(), "{:?}", built.invalid);
     let b = built.block;

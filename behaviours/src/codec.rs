@@ -1,0 +1,149 @@
+//! A request-response codec for protobuf messages in size-capped, varint length-prefixed
+//! frames (one request and one response per stream). Used by every request-response
+//! protocol of ours; each sets its own caps.
+//!
+//! A frame above its cap, a truncated frame or bytes that are not the expected message
+//! fail the stream with `InvalidData`, which request-response reports as an inbound or
+//! outbound failure: the node penalises the peer; nothing is allocated beyond the cap.
+
+use std::io;
+use std::marker::PhantomData;
+
+use chainmesh_proto::codec::{read_frame, write_frame};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use prost::Message;
+
+pub struct ProtoCodec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> ProtoCodec<Req, Resp> {
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        ProtoCodec {
+            max_request,
+            max_response,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Clone for ProtoCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::new(self.max_request, self.max_response)
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+async fn read_msg<M: Message + Default, T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<M> {
+    let frame = read_frame(io, max).await.map_err(invalid)?;
+    M::decode(frame.as_slice()).map_err(invalid)
+}
+
+async fn write_msg<M: Message, T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    msg: &M,
+    max: usize,
+) -> io::Result<()> {
+    write_frame(io, &msg.encode_to_vec(), max)
+        .await
+        .map_err(invalid)?;
+    io.close().await
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for ProtoCodec<Req, Resp>
+where
+    Req: Message + Default + Send + 'static,
+    Resp: Message + Default + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_msg(io, self.max_request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_msg(io, self.max_response).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_msg(io, &req, self.max_request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_msg(io, &res, self.max_response).await
+    }
+}
+
+/// `/chainmesh/<net>/<name>/<version>`: the network id in every protocol name keeps two
+/// networks from ever speaking to each other by accident.
+pub fn protocol_name(network_id: &str, name: &str, version: u32) -> StreamProtocol {
+    match StreamProtocol::try_from_owned(format!("/chainmesh/{network_id}/{name}/{version}")) {
+        Ok(p) => p,
+        // Network ids are validated ([a-z0-9-]), so the name always starts with '/'.
+        Err(_) => StreamProtocol::new("/chainmesh/invalid/0"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainmesh_proto::pb_net::Status;
+    use futures::executor::block_on;
+    use libp2p::request_response::Codec;
+
+    #[test]
+    fn round_trip_and_caps() {
+        let mut c = ProtoCodec::<Status, Status>::new(64, 64);
+        let p = protocol_name("devnet", "status", 1);
+        assert_eq!(p.as_ref(), "/chainmesh/devnet/status/1");
+        let msg = Status {
+            version: 1,
+            network_id: "devnet".into(),
+            ..Default::default()
+        };
+        let mut buf = futures::io::Cursor::new(Vec::new());
+        block_on(c.write_request(&p, &mut buf, msg.clone())).unwrap();
+        buf.set_position(0);
+        assert_eq!(block_on(c.read_request(&p, &mut buf)).unwrap(), msg);
+
+        let big = Status {
+            agent: "x".repeat(100),
+            ..Default::default()
+        };
+        let mut buf = futures::io::Cursor::new(Vec::new());
+        let e = block_on(c.write_response(&p, &mut buf, big)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+
+        let mut garbage = futures::io::Cursor::new(vec![5u8, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let e = block_on(c.read_request(&p, &mut garbage)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+}
