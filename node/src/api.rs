@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::chain::{Command, NodeStatus, SubmitError};
+use crate::p2p::{NetCommand, PeerView, SyncView};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -29,6 +30,8 @@ pub struct ApiState {
     pub status: watch::Receiver<NodeStatus>,
     pub reader: StoreReader,
     pub timeout: Duration,
+    pub net: mpsc::Sender<NetCommand>,
+    pub sync: watch::Receiver<SyncView>,
 }
 
 pub struct ApiError {
@@ -117,6 +120,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 pub fn router(state: ApiState, max_body: usize) -> Router {
     Router::new()
         .route("/status", get(status))
+        .route("/peers", get(peers))
         .route("/blocks/{id}", get(block))
         .route("/accounts/{address}", get(account))
         .route("/txs", axum::routing::post(submit_tx))
@@ -142,7 +146,23 @@ async fn ask<T>(
 }
 
 async fn status(State(st): State<ApiState>) -> Json<NodeStatus> {
-    Json(st.status.borrow().clone())
+    let mut s = st.status.borrow().clone();
+    s.sync = st.sync.borrow().clone();
+    Json(s)
+}
+
+async fn peers(State(st): State<ApiState>) -> ApiResult<Vec<PeerView>> {
+    let (reply, rx) = oneshot::channel();
+    st.net
+        .try_send(NetCommand::Peers(reply))
+        .map_err(|_| ApiError::busy())?;
+    match tokio::time::timeout(st.timeout, rx).await {
+        Ok(Ok(mut v)) => {
+            v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            Ok(Json(v))
+        }
+        _ => Err(ApiError::busy()),
+    }
 }
 
 #[derive(Serialize)]

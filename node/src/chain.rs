@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chainmesh_chain_sync::state::AccountReader;
 use chainmesh_chain_sync::store::AccountsTree;
+use chainmesh_chain_sync::store::ImportError;
+use chainmesh_chain_sync::sync::ImportResult;
 use chainmesh_chain_sync::{ImportOutcome, Store};
 use chainmesh_mempool::{AccountState, AddError, PersistentPool};
 use chainmesh_proto::{Account, Address, Hash, Keypair, Tx};
@@ -34,6 +36,16 @@ pub enum Command {
         addr: Address,
         reply: oneshot::Sender<u64>,
     },
+    /// Blocks from sync, in order: imported one by one, made durable with one flush.
+    ImportBlocks {
+        blocks: Vec<chainmesh_proto::Block>,
+        reply: oneshot::Sender<ImportResult>,
+    },
+    /// Pending transactions by id, for peers: found ones and the ids we lack.
+    PoolTxs {
+        ids: Vec<Hash>,
+        reply: oneshot::Sender<(Vec<Tx>, Vec<Hash>)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +57,7 @@ pub enum SubmitError {
 }
 
 /// What the node reports as its state. Published only after the tip it names is durable.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeStatus {
     pub version: String,
     pub network_id: String,
@@ -57,6 +69,9 @@ pub struct NodeStatus {
     pub mempool_bytes: usize,
     /// The authority this node produces for, if any.
     pub producer: Option<Address>,
+    /// Sync progress (filled in by the API from the network task).
+    #[serde(default)]
+    pub sync: crate::p2p::SyncView,
 }
 
 pub(crate) struct PoolState<'a>(pub(crate) &'a AccountsTree);
@@ -100,6 +115,7 @@ impl ChainService {
             mempool_txs: pool.pool().len(),
             mempool_bytes: pool.pool().bytes(),
             producer: producer.as_ref().map(Keypair::public),
+            sync: Default::default(),
         };
         let (tx, rx) = watch::channel(status);
         (
@@ -179,6 +195,20 @@ impl ChainService {
                 Command::PendingTx { id, reply } => {
                     let _ = reply.send(self.pool.pool().get(&id).cloned());
                 }
+                Command::ImportBlocks { blocks, reply } => {
+                    let _ = reply.send(self.import_blocks(blocks));
+                }
+                Command::PoolTxs { ids, reply } => {
+                    let mut found = Vec::new();
+                    let mut missing = Vec::new();
+                    for id in ids {
+                        match self.pool.pool().get(&id) {
+                            Some(t) => found.push(t.clone()),
+                            None => missing.push(id),
+                        }
+                    }
+                    let _ = reply.send((found, missing));
+                }
                 Command::NextNonce { addr, reply } => {
                     let acct = PoolState(self.store.account_reader())
                         .account(&addr)
@@ -247,19 +277,77 @@ impl ChainService {
         } = &outcome
         {
             self.store.flush()?;
-            self.pool
-                .on_new_tip(applied, reverted, &PoolState(self.store.account_reader()))?;
-            if !reverted.is_empty() {
-                let returned: usize = reverted.iter().map(|b| b.txs.len()).sum();
-                tracing::info!(
-                    reverted = reverted.len(),
-                    txs = returned,
-                    "returned transactions of abandoned blocks to the mempool"
-                );
-            }
-            self.publish_status();
+            self.after_new_tip(applied, reverted)?;
         }
         Ok(outcome)
+    }
+
+    fn after_new_tip(
+        &mut self,
+        applied: &[chainmesh_proto::Block],
+        reverted: &[chainmesh_proto::Block],
+    ) -> anyhow::Result<()> {
+        self.pool
+            .on_new_tip(applied, reverted, &PoolState(self.store.account_reader()))?;
+        if !reverted.is_empty() {
+            let returned: usize = reverted.iter().map(|b| b.txs.len()).sum();
+            tracing::info!(
+                reverted = reverted.len(),
+                txs = returned,
+                "returned transactions of abandoned blocks to the mempool"
+            );
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Imports a run of blocks from sync with a single flush at the end (a tip is
+    /// reported only after it), stopping at the first failure.
+    pub fn import_blocks(&mut self, blocks: Vec<chainmesh_proto::Block>) -> ImportResult {
+        let mut applied = Vec::new();
+        let mut reverted = Vec::new();
+        let mut result = ImportResult::Done;
+        let now = now_ms();
+        for b in blocks {
+            let hash = b.hash();
+            match self.store.import(b, now) {
+                Ok(ImportOutcome::NewTip {
+                    applied: a,
+                    reverted: r,
+                    ..
+                }) => {
+                    applied.extend(a);
+                    reverted.extend(r);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let invalid = matches!(e, ImportError::Invalid { .. });
+                    result = ImportResult::Failed {
+                        hash,
+                        invalid,
+                        reason: e.to_string(),
+                    };
+                    break;
+                }
+            }
+        }
+        if applied.is_empty() && reverted.is_empty() {
+            return result;
+        }
+        let durable = self
+            .store
+            .flush()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.after_new_tip(&applied, &reverted));
+        if let Err(e) = durable {
+            tracing::error!(error = %e, "storing synced blocks failed");
+            return ImportResult::Failed {
+                hash: chainmesh_proto::Hash::ZERO,
+                invalid: false,
+                reason: e.to_string(),
+            };
+        }
+        result
     }
 
     pub fn store(&self) -> &Store {

@@ -86,6 +86,10 @@ impl Client {
         self.get("/status").await
     }
 
+    pub async fn peers(&self) -> anyhow::Result<Vec<crate::p2p::PeerView>> {
+        self.get("/peers").await
+    }
+
     pub async fn account(&self, a: &Address) -> anyhow::Result<AccountInfo> {
         self.get(&format!("/accounts/{a}")).await
     }

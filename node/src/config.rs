@@ -21,6 +21,31 @@ pub struct Config {
     pub api: ApiConfig,
     pub mempool: MempoolConfig,
     pub chain: ChainConfig,
+    pub p2p: P2pConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Multiaddrs to listen on (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Peers to dial at start and whenever the connection is lost.
+    pub bootstrap: Vec<String>,
+    pub max_connections: u32,
+    pub max_inbound: u32,
+    pub max_outbound: u32,
+    pub max_per_peer: u32,
+    pub max_pending: u32,
+    /// Status is re-exchanged with every peer at this interval.
+    pub status_interval_secs: u64,
+    /// Bootstrap peers that are not connected are redialled at this interval.
+    pub redial_secs: u64,
+    pub request_timeout_secs: u64,
+    pub ban_secs: u64,
+    /// Sync requests one peer may make per second (advertised in our status).
+    pub sync_requests_per_second: u32,
+    /// Most blocks per sync request we serve (advertised in our status).
+    pub sync_max_blocks: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +86,32 @@ impl Default for Config {
             api: ApiConfig::default(),
             mempool: MempoolConfig::default(),
             chain: ChainConfig::default(),
+            p2p: P2pConfig::default(),
+        }
+    }
+}
+
+pub const DEFAULT_P2P_PORT: u16 = 7701;
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
+                format!("/ip4/0.0.0.0/udp/{DEFAULT_P2P_PORT}/quic-v1"),
+            ],
+            bootstrap: Vec::new(),
+            max_connections: 128,
+            max_inbound: 96,
+            max_outbound: 48,
+            max_per_peer: 2,
+            max_pending: 32,
+            status_interval_secs: 120,
+            redial_secs: 10,
+            request_timeout_secs: 10,
+            ban_secs: 600,
+            sync_requests_per_second: 50,
+            sync_max_blocks: 64,
         }
     }
 }
@@ -143,6 +194,25 @@ impl Config {
         if self.chain.max_reorg_depth == 0 {
             bail!("chain.max_reorg_depth must be at least 1");
         }
+        for a in self.p2p.listen.iter().chain(&self.p2p.bootstrap) {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| anyhow::anyhow!("p2p: {a:?} is not a multiaddr: {e}"))?;
+        }
+        let p = &self.p2p;
+        if p.max_connections == 0
+            || p.max_per_peer == 0
+            || p.sync_max_blocks == 0
+            || p.sync_requests_per_second == 0
+        {
+            bail!(
+                "p2p.max_connections, max_per_peer, sync_max_blocks and sync_requests_per_second must be at least 1"
+            );
+        }
+        if p.status_interval_secs == 0 || p.redial_secs == 0 || p.request_timeout_secs == 0 {
+            bail!(
+                "p2p.status_interval_secs, redial_secs and request_timeout_secs must be at least 1"
+            );
+        }
         Ok(())
     }
 
@@ -158,8 +228,18 @@ impl Config {
 
 /// A commented config file holding every default, with the given producer key and API
 /// address.
-pub fn template(producer_key: Option<&str>, api: SocketAddr) -> String {
+pub fn template(producer_key: Option<&str>, api: SocketAddr, p2p_listen: &[String]) -> String {
     let d = Config::default();
+    let p = &d.p2p;
+    let list = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     let key_line = match producer_key {
         Some(k) => format!("producer_key = {k:?}"),
         None => "# producer_key = \"keys/producer.key\"".to_string(),
@@ -198,7 +278,44 @@ max_per_sender = {per_sender}
 max_reorg_depth = {reorg}
 # Database page cache, in MiB.
 cache_mb = {cache}
+
+[p2p]
+# Addresses to listen on (multiaddrs; TCP and QUIC). The node's identity key is
+# <data_dir>/p2p.key; the bound addresses with its peer id go to <data_dir>/p2p.addrs.
+listen = {listen}
+# Peers to dial at start and redial while disconnected, e.g.
+# "/ip4/127.0.0.1/tcp/7701/p2p/12D3KooW...". Also `--peer` on the command line.
+bootstrap = []
+# Connection limits.
+max_connections = {max_conn}
+max_inbound = {max_in}
+max_outbound = {max_out}
+max_per_peer = {per_peer}
+max_pending = {pending}
+# Status is re-exchanged with every peer this often; disconnected bootstrap peers are
+# redialled this often.
+status_interval_secs = {status_iv}
+redial_secs = {redial}
+# Every request to a peer times out after this.
+request_timeout_secs = {req_to}
+# How long a misbehaving or incompatible peer stays banned (bans survive restarts).
+ban_secs = {ban}
+# What we serve one peer, advertised in our status so peers throttle themselves.
+sync_requests_per_second = {rps}
+sync_max_blocks = {max_blocks}
 "#,
+        listen = list(p2p_listen),
+        max_conn = p.max_connections,
+        max_in = p.max_inbound,
+        max_out = p.max_outbound,
+        per_peer = p.max_per_peer,
+        pending = p.max_pending,
+        status_iv = p.status_interval_secs,
+        redial = p.redial_secs,
+        req_to = p.request_timeout_secs,
+        ban = p.ban_secs,
+        rps = p.sync_requests_per_second,
+        max_blocks = p.sync_max_blocks,
         data_dir = d.data_dir.display().to_string(),
         genesis = d.genesis.display().to_string(),
         body = d.api.max_body_bytes,
@@ -236,10 +353,14 @@ mod tests {
 
     #[test]
     fn template_parses_to_the_defaults() {
-        let t = template(None, DEFAULT_API.parse().unwrap());
+        let t = template(
+            None,
+            DEFAULT_API.parse().unwrap(),
+            &P2pConfig::default().listen,
+        );
         let c: Config = toml::from_str(&t).unwrap();
         assert_eq!(c, Config::default());
-        let t = template(Some("keys/p.key"), "127.0.0.1:0".parse().unwrap());
+        let t = template(Some("keys/p.key"), "127.0.0.1:0".parse().unwrap(), &[]);
         let c: Config = toml::from_str(&t).unwrap();
         assert_eq!(c.producer_key, Some(PathBuf::from("keys/p.key")));
         assert_eq!(c.api.listen.port(), 0);
@@ -255,6 +376,9 @@ mod tests {
         std::fs::write(&p, "[mempool]\nmax_txs = 0\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("max_txs"), "{e}");
+        std::fs::write(&p, "[p2p]\nbootstrap = [\"nowhere\"]\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("not a multiaddr"), "{e}");
         std::fs::write(&p, "[api]\nlisten = \"nowhere\"\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("listen"), "{e}");

@@ -4,6 +4,7 @@ pub mod api;
 pub mod chain;
 pub mod client;
 pub mod config;
+pub mod p2p;
 pub mod setup;
 
 use std::net::SocketAddr;
@@ -61,12 +62,19 @@ enum Cmd {
         /// Override the config's API listen address.
         #[arg(long)]
         api: Option<SocketAddr>,
+        #[command(flatten)]
+        p2p: P2pArgs,
     },
     /// Run a one-node development network: keys, genesis and data are created on first
     /// use, blocks every second, two funded accounts (alice, bob).
     Dev(DevArgs),
     /// Show a running node's status.
     Status {
+        #[arg(long, default_value = DEFAULT_API_URL, env = "CHAINMESH_API")]
+        api: String,
+    },
+    /// Show a running node's peers.
+    Peers {
         #[arg(long, default_value = DEFAULT_API_URL, env = "CHAINMESH_API")]
         api: String,
     },
@@ -78,6 +86,27 @@ enum Cmd {
 }
 
 const DEFAULT_API_URL: &str = "http://127.0.0.1:7700";
+
+#[derive(Args, Clone, Default)]
+struct P2pArgs {
+    /// A peer to dial and keep dialling (multiaddr, repeatable); adds to p2p.bootstrap.
+    #[arg(long = "peer")]
+    peers: Vec<libp2p::Multiaddr>,
+    /// Listen on these multiaddrs instead of p2p.listen (repeatable).
+    #[arg(long = "p2p-listen")]
+    listen: Vec<libp2p::Multiaddr>,
+}
+
+impl P2pArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if !self.listen.is_empty() {
+            cfg.p2p.listen = self.listen.iter().map(ToString::to_string).collect();
+        }
+        cfg.p2p
+            .bootstrap
+            .extend(self.peers.iter().map(ToString::to_string));
+    }
+}
 
 #[derive(Args)]
 struct DevArgs {
@@ -92,6 +121,8 @@ struct DevArgs {
     /// Delete the dev network's data and keys first, and start a new chain.
     #[arg(long)]
     reset: bool,
+    #[command(flatten)]
+    p2p: P2pArgs,
 }
 
 #[derive(Subcommand)]
@@ -167,13 +198,35 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             println!("{}", s.describe());
             Ok(())
         }
-        Cmd::Run { config, api } => {
+        Cmd::Run { config, api, p2p } => {
             let mut cfg = Config::load(&config)?;
             if let Some(a) = api {
                 cfg.api.listen = a;
             }
+            p2p.apply(&mut cfg);
             run_node(cfg)
         }
+        Cmd::Peers { api } => runtime()?.block_on(async {
+            let peers = client::Client::new(&api)?.peers().await?;
+            println!(
+                "{:<54} {:<9} {:>8} {:>7} {:>7} {:>9}  agent / address",
+                "peer", "direction", "height", "rtt_ms", "score", "served"
+            );
+            for p in peers {
+                println!(
+                    "{:<54} {:<9} {:>8} {:>7} {:>7.1} {:>9}  {} {}",
+                    p.peer_id,
+                    p.direction,
+                    p.height.map_or("-".into(), |h| h.to_string()),
+                    p.rtt_ms.map_or("-".into(), |r| r.to_string()),
+                    p.score,
+                    p.blocks_served,
+                    p.agent.unwrap_or_default(),
+                    p.address
+                );
+            }
+            Ok(())
+        }),
         Cmd::Dev(a) => dev(a),
         Cmd::Status { api } => runtime()?.block_on(async {
             let s = client::Client::new(&api)?.status().await?;
@@ -186,6 +239,16 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 Some(p) => println!("producer  {p}"),
                 None => println!("producer  (not producing)"),
             }
+            if s.sync.syncing {
+                println!(
+                    "sync      {} of {} ({} blocks/s, eta {})",
+                    s.height,
+                    s.sync.target_height,
+                    s.sync.blocks_per_sec,
+                    s.sync.eta_secs.map_or("-".into(), |e| format!("{e} s"))
+                );
+            }
+            println!("peers     {}", s.sync.peers);
             println!("version   {}", s.version);
             Ok(())
         }),
@@ -278,6 +341,11 @@ fn dev(a: DevArgs) -> anyhow::Result<()> {
             alloc: vec![],
             dev_accounts: true,
             api: a.api.unwrap_or(config::ApiConfig::default().listen),
+            // A dev node listens on loopback only, on any free port (see p2p.addrs).
+            p2p_listen: vec![
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+            ],
         })?;
         eprintln!("{}", s.describe());
     }
@@ -285,6 +353,7 @@ fn dev(a: DevArgs) -> anyhow::Result<()> {
     if let Some(api) = a.api {
         cfg.api.listen = api;
     }
+    a.p2p.apply(&mut cfg);
     let keys = dir.join("keys");
     for name in ["alice", "bob"] {
         let p = keys.join(format!("{name}.key"));
@@ -343,6 +412,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
         "node starting"
     );
     let reader = store.reader();
+    let db = store.db().clone();
     let (svc, status) = ChainService::new(store, pool, producer);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let chain_thread =
@@ -358,6 +428,18 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
 
     let rt = runtime()?;
     let served = rt.block_on(async {
+        let net = p2p::start(
+            p2p::NetworkParams {
+                cfg: cfg.p2p.clone(),
+                data_dir: cfg.data_dir.clone(),
+                genesis: genesis.clone(),
+                db,
+                reader: reader.clone(),
+                status: status.clone(),
+                chain: cmd_tx.clone(),
+            },
+            Vec::new(),
+        )?;
         let listener = api::bind(cfg.api.listen).await?;
         let bound = listener.local_addr()?;
         let addr_file = cfg.data_dir.join("api.addr");
@@ -369,6 +451,8 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
             status,
             reader,
             timeout: Duration::from_millis(cfg.api.request_timeout_ms),
+            net: net.commands,
+            sync: net.sync,
         };
         axum::serve(listener, api::router(state, cfg.api.max_body_bytes))
             .with_graceful_shutdown(shutdown_signal())

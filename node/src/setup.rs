@@ -37,6 +37,10 @@ pub struct InitArgs {
     /// API listen address written to the config.
     #[arg(long, default_value = config::DEFAULT_API)]
     pub api: SocketAddr,
+    /// P2P listen addresses written to the config [default: all interfaces, TCP and QUIC
+    /// on port 7701].
+    #[arg(long = "p2p-listen")]
+    pub p2p_listen: Vec<String>,
 }
 
 fn parse_alloc(s: &str) -> Result<(Address, u64), String> {
@@ -134,7 +138,12 @@ pub fn init(a: &InitArgs) -> anyhow::Result<InitSummary> {
     std::fs::write(&genesis_path, config::genesis_to_toml(&genesis)?)
         .with_context(|| format!("cannot write {}", genesis_path.display()))?;
     let key_rel = producer_key.as_ref().map(|_| "keys/producer.key");
-    std::fs::write(&config_path, config::template(key_rel, a.api))
+    let listen = if a.p2p_listen.is_empty() {
+        config::P2pConfig::default().listen
+    } else {
+        a.p2p_listen.clone()
+    };
+    std::fs::write(&config_path, config::template(key_rel, a.api, &listen))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     Ok(InitSummary {
         dir: a.dir.clone(),
@@ -159,6 +168,7 @@ mod tests {
             alloc: vec![(PublicKey([5; 32]), 77)],
             dev_accounts: true,
             api: "127.0.0.1:0".parse().unwrap(),
+            p2p_listen: vec![],
         };
         let s = init(&args).unwrap();
         assert_eq!(s.accounts.len(), 2);

@@ -29,13 +29,40 @@ fn log_file(dir: &Path) -> File {
 impl Node {
     /// `chainmesh dev` in `dir` with an API on a free loopback port.
     pub fn start_dev(dir: &Path, block_time_ms: u64) -> Node {
-        let addr_file = dir.join("data/api.addr");
+        let args: Vec<String> = vec![
+            "dev".into(),
+            "--api".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--block-time-ms".into(),
+            block_time_ms.to_string(),
+        ];
+        Node::start(dir, &dir.join("data"), &args)
+    }
+
+    /// `chainmesh run --config <home>/config.toml` plus `extra` arguments.
+    pub fn start_run(home: &Path, extra: &[String]) -> Node {
+        let cfg = chainmesh_node::config::Config::load(&home.join("config.toml")).unwrap();
+        let mut args = vec![
+            "run".to_string(),
+            "--config".into(),
+            home.join("config.toml").display().to_string(),
+        ];
+        args.extend_from_slice(extra);
+        Node::start(home, &cfg.data_dir, &args)
+    }
+
+    /// Starts the binary with `args`, logging to `<home>/node.log`, and waits for its API
+    /// (whose address it writes to `<data_dir>/api.addr`).
+    pub fn start(home: &Path, data_dir: &Path, args: &[String]) -> Node {
+        let dir = home;
+        let addr_file = data_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(data_dir.join("p2p.addrs"));
         let child = Command::new(BIN)
-            .args(["--log-format", "json", "dev", "--api", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--block-time-ms", &block_time_ms.to_string()])
+            .args(["--log-format", "json"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log_file(dir))
             .stderr(log_file(dir))
@@ -70,6 +97,40 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The node's first p2p listen address (with its peer id), once it is listening.
+    pub fn p2p_addr(&self) -> String {
+        let cfg_data = self.data_dir();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(cfg_data.join("p2p.addrs"))
+                && let Some(l) = s.lines().find(|l| l.contains("/tcp/"))
+            {
+                return l.trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no p2p address\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        match chainmesh_node::config::Config::load(&self.dir.join("config.toml")) {
+            Ok(c) => c.data_dir,
+            Err(_) => self.dir.join("data"),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    pub fn peers(&self) -> Vec<Value> {
+        self.get("/peers").as_array().cloned().unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {
@@ -149,6 +210,18 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Polls `f` every 50 ms until it is true or `secs` pass; panics with `what` then.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,0 +1,859 @@
+//! The network task: owns the swarm and the syncer, and is where peers meet the chain.
+//!
+//! - On every new connection both sides send their status; an incompatible peer (other
+//!   network, genesis or version) is answered, logged with the reason, banned and
+//!   dropped. Status is re-exchanged every `status_interval_secs`.
+//! - Sync requests from peers are rate-limited per peer (the limits we advertise), served
+//!   off this task, and answered within the protocol's size caps.
+//! - Our own requests come from the sans-I/O [`Syncer`]; they are throttled to the rate
+//!   each peer advertises, so an honest node never trips a peer's limiter. Blocks go to
+//!   the chain task in order; its tip changes come back through the status channel.
+//! - Faults lower a peer's score; low scores disconnect, very low ones ban (persisted in
+//!   the `peers` tree, restored at start, enforced by the block list on redial).
+
+pub mod serve;
+pub mod swarm;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chainmesh_behaviours::peers::{Fault, PeerScores, ScoreConfig, Verdict};
+use chainmesh_behaviours::status::{ChainStatus, PROTOCOL_VERSION, ServeLimit, check_compatible};
+use chainmesh_behaviours::sync::{Request, Response};
+use chainmesh_behaviours::{Quota, RateLimiter};
+use chainmesh_chain_sync::Genesis;
+use chainmesh_chain_sync::store::StoreReader;
+use chainmesh_chain_sync::sync::{
+    Action, ImportResult, RequestId, SyncConfig, SyncFault, Syncer, Want,
+};
+use chainmesh_proto::{Hash, pb_net};
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::chain::{Command, NodeStatus, now_ms};
+use crate::config::P2pConfig;
+use swarm::{Behaviour, BehaviourEvent};
+
+/// Sync progress as `/status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SyncView {
+    pub syncing: bool,
+    pub target_height: u64,
+    pub blocks_per_sec: f64,
+    pub eta_secs: Option<u64>,
+    pub peers: usize,
+}
+
+/// One row of `GET /peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub address: String,
+    pub direction: String,
+    pub agent: Option<String>,
+    pub height: Option<u64>,
+    pub tip: Option<Hash>,
+    pub rtt_ms: Option<u64>,
+    pub score: f64,
+    /// Blocks this peer served us during sync.
+    pub blocks_served: u64,
+    pub batches_served: u64,
+    pub timeouts: u64,
+}
+
+pub enum NetCommand {
+    Peers(oneshot::Sender<Vec<PeerView>>),
+}
+
+pub struct NetworkHandle {
+    pub commands: mpsc::Sender<NetCommand>,
+    pub sync: watch::Receiver<SyncView>,
+}
+
+pub struct NetworkParams {
+    pub cfg: P2pConfig,
+    pub data_dir: PathBuf,
+    pub genesis: Genesis,
+    pub db: sled::Db,
+    pub reader: StoreReader,
+    pub status: watch::Receiver<NodeStatus>,
+    pub chain: mpsc::Sender<Command>,
+}
+
+/// Most sync requests served at once (each holds a response of up to 8 MiB).
+const MAX_SERVING: usize = 16;
+const TICK: Duration = Duration::from_millis(100);
+
+struct PeerEntry {
+    address: Multiaddr,
+    inbound: bool,
+    agent: Option<String>,
+    rtt: Option<Duration>,
+    status: Option<ChainStatus>,
+    /// Token bucket for our requests to this peer, at the rate it advertised.
+    out_quota: Option<RateLimiter<()>>,
+}
+
+struct Deferred {
+    peer: PeerId,
+    id: RequestId,
+    want: Want,
+}
+
+struct Net {
+    swarm: Swarm<Behaviour>,
+    cfg: P2pConfig,
+    genesis_hash: Hash,
+    network_id: String,
+    status: watch::Receiver<NodeStatus>,
+    chain: mpsc::Sender<Command>,
+    reader: StoreReader,
+    syncer: Syncer<PeerId>,
+    scores: PeerScores<PeerId>,
+    peers: HashMap<PeerId, PeerEntry>,
+    outbound: HashMap<OutboundRequestId, RequestId>,
+    deferred: VecDeque<Deferred>,
+    limiter: RateLimiter<PeerId>,
+    serving: usize,
+    served_tx: mpsc::Sender<(ResponseChannel<pb_net::SyncResponse>, Response)>,
+    import_tx: mpsc::Sender<ImportResult>,
+    bans: sled::Tree,
+    bootstrap: Vec<Multiaddr>,
+    bootstrap_peers: HashMap<Multiaddr, PeerId>,
+    last_redial: Option<Instant>,
+    last_status_round: Instant,
+    pending_bans: Vec<(PeerId, Instant)>,
+    sync_view: watch::Sender<SyncView>,
+    samples: VecDeque<(Instant, u64)>,
+    last_progress_log: Instant,
+    listen_addrs: Vec<Multiaddr>,
+    addrs_file: PathBuf,
+}
+
+fn fault_of(f: SyncFault) -> Fault {
+    match f {
+        SyncFault::Timeout => Fault::Timeout,
+        SyncFault::BadData => Fault::BadData,
+        SyncFault::Invalid => Fault::Invalid,
+    }
+}
+
+/// Starts the swarm: listens, dials bootstrap peers, and spawns the event loop.
+pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Result<NetworkHandle> {
+    let key = swarm::load_or_create_identity(&p.data_dir)?;
+    let mut swarm = swarm::build(key, &p.genesis.network_id, &p.cfg)?;
+    for a in &p.cfg.listen {
+        let addr: Multiaddr = a
+            .parse()
+            .with_context(|| format!("p2p listen address {a:?}"))?;
+        swarm
+            .listen_on(addr.clone())
+            .with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    let mut bootstrap: Vec<Multiaddr> = p
+        .cfg
+        .bootstrap
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()
+        .context("p2p.bootstrap")?;
+    bootstrap.extend(extra_bootstrap);
+
+    let bans = p.db.open_tree("peers")?;
+    let mut scores = PeerScores::new(ScoreConfig {
+        ban_ms: p.cfg.ban_secs.saturating_mul(1000),
+        ..ScoreConfig::default()
+    });
+    let now = now_ms();
+    for r in bans.iter() {
+        let (k, v) = r?;
+        let (Ok(peer), Ok(until)) = (PeerId::from_bytes(&k), <[u8; 8]>::try_from(v.as_ref()))
+        else {
+            continue;
+        };
+        let until = u64::from_be_bytes(until);
+        if until > now {
+            scores.ban(&peer, until);
+            swarm.behaviour_mut().blocked.block_peer(peer);
+        } else {
+            bans.remove(k)?;
+        }
+    }
+
+    let tip = p.status.borrow().clone();
+    let locator = p.reader.locator(tip.height)?;
+    let syncer = Syncer::new(
+        p.genesis.clone(),
+        SyncConfig {
+            request_timeout_ms: p.cfg.request_timeout_secs * 1000,
+            ..SyncConfig::default()
+        },
+        (tip.height, tip.tip),
+        locator,
+    );
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (served_tx, served_rx) = mpsc::channel(MAX_SERVING * 2);
+    let (import_tx, import_rx) = mpsc::channel(4);
+    let (sync_tx, sync_rx) = watch::channel(SyncView::default());
+    let rps = p.cfg.sync_requests_per_second;
+    let net = Net {
+        swarm,
+        genesis_hash: tip.genesis,
+        network_id: p.genesis.network_id.clone(),
+        status: p.status,
+        chain: p.chain,
+        reader: p.reader,
+        syncer,
+        scores,
+        peers: HashMap::new(),
+        outbound: HashMap::new(),
+        deferred: VecDeque::new(),
+        limiter: RateLimiter::new(
+            Quota::new(rps, rps.saturating_mul(2)),
+            p.cfg.max_connections as usize * 2,
+        ),
+        serving: 0,
+        served_tx,
+        import_tx,
+        bans,
+        bootstrap,
+        bootstrap_peers: HashMap::new(),
+        last_redial: None,
+        last_status_round: Instant::now(),
+        pending_bans: Vec::new(),
+        sync_view: sync_tx,
+        samples: VecDeque::new(),
+        last_progress_log: Instant::now(),
+        listen_addrs: Vec::new(),
+        addrs_file: p.data_dir.join("p2p.addrs"),
+        cfg: p.cfg,
+    };
+    tokio::spawn(net.run(cmd_rx, served_rx, import_rx));
+    Ok(NetworkHandle {
+        commands: cmd_tx,
+        sync: sync_rx,
+    })
+}
+
+impl Net {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<NetCommand>,
+        mut served: mpsc::Receiver<(ResponseChannel<pb_net::SyncResponse>, Response)>,
+        mut imports: mpsc::Receiver<ImportResult>,
+    ) {
+        tracing::info!(peer_id = %self.swarm.local_peer_id(), "p2p started");
+        self.redial();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some((channel, resp)) = served.recv() => {
+                    self.serving = self.serving.saturating_sub(1);
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp.to_pb());
+                }
+                Some(result) = imports.recv() => {
+                    if let ImportResult::Failed { hash, reason, .. } = &result {
+                        tracing::warn!(block = %hash, %reason, "a synced block was refused");
+                    }
+                    self.syncer.on_import_result(result, now_ms());
+                }
+                changed = self.status.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.on_local_tip();
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(NetCommand::Peers(reply)) => { let _ = reply.send(self.peer_views()); }
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.drive_syncer();
+        }
+        tracing::info!("p2p stopped");
+    }
+
+    fn our_status(&self) -> ChainStatus {
+        let s = self.status.borrow();
+        ChainStatus {
+            version: PROTOCOL_VERSION,
+            genesis: self.genesis_hash,
+            network_id: self.network_id.clone(),
+            best_height: s.height,
+            best_hash: s.tip,
+            // Proof of authority: weight is the number of blocks, ordered like fork choice.
+            cumulative_weight: u128::from(s.height),
+            agent: swarm::agent(),
+            limits: vec![ServeLimit {
+                protocol: "sync".into(),
+                requests_per_second: self.cfg.sync_requests_per_second,
+                max_items_per_request: self.cfg.sync_max_blocks,
+            }],
+        }
+    }
+
+    fn send_status(&mut self, peer: &PeerId) {
+        let s = self.our_status().to_pb();
+        self.swarm.behaviour_mut().status.send_request(peer, s);
+    }
+
+    fn on_local_tip(&mut self) {
+        let (height, tip) = {
+            let s = self.status.borrow_and_update();
+            (s.height, s.tip)
+        };
+        match self.reader.locator(height) {
+            Ok(loc) => self.syncer.set_local(height, tip, loc, now_ms()),
+            Err(e) => tracing::error!(error = %e, "cannot read the locator"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .clone()
+                    .with(Protocol::P2p(*self.swarm.local_peer_id()));
+                tracing::info!(address = %full, "p2p listening");
+                self.listen_addrs.push(full);
+                let text: String = self.listen_addrs.iter().map(|a| format!("{a}\n")).collect();
+                if let Err(e) = std::fs::write(&self.addrs_file, text) {
+                    tracing::warn!(error = %e, file = %self.addrs_file.display(), "cannot write the p2p address file");
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let (address, inbound) = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => (address.clone(), false),
+                    ConnectedPoint::Listener { send_back_addr, .. } => {
+                        (send_back_addr.clone(), true)
+                    }
+                };
+                if !inbound
+                    && let Some(b) = self
+                        .bootstrap
+                        .iter()
+                        .find(|b| **b == address || without_p2p(b) == address)
+                {
+                    self.bootstrap_peers.insert(b.clone(), peer_id);
+                }
+                if num_established.get() == 1 {
+                    tracing::debug!(peer = %peer_id, %address, inbound, "connected");
+                    self.peers.insert(
+                        peer_id,
+                        PeerEntry {
+                            address,
+                            inbound,
+                            agent: None,
+                            rtt: None,
+                            status: None,
+                            out_quota: None,
+                        },
+                    );
+                    self.send_status(&peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
+                self.peers.remove(&peer_id);
+                self.syncer.peer_gone(&peer_id, now_ms());
+                self.limiter.remove(&peer_id);
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                error,
+                send_back_addr,
+                ..
+            } => {
+                if let libp2p::swarm::ListenError::Denied { .. } = error
+                    && let Some(p) = peer_id
+                    && self.scores.banned_until(&p, now_ms()).is_some()
+                {
+                    tracing::info!(peer = %p, address = %send_back_addr, "refused a connection from a banned peer");
+                } else {
+                    tracing::debug!(address = %send_back_addr, error = %error, "incoming connection failed");
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Identify(libp2p::identify::Event::Received {
+                peer_id, info, ..
+            }) => {
+                tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.agent = Some(info.agent_version.chars().take(128).collect());
+                }
+            }
+            BehaviourEvent::Ping(libp2p::ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Status(ev) => self.on_status_event(ev),
+            BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_status_event(&mut self, ev: chainmesh_behaviours::status::Event) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // Answer first, so that a refused peer learns our side too.
+                let ours = self.our_status().to_pb();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .status
+                    .send_response(channel, ours);
+                self.on_peer_status(peer, request);
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                self.on_peer_status(peer, response);
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.on_stream_failure(peer, "status", &error.to_string(), is_garbage_in(&error))
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                self.on_stream_failure(peer, "status", &error.to_string(), is_garbage_out(&error))
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_peer_status(&mut self, peer: PeerId, raw: pb_net::Status) {
+        let theirs = match ChainStatus::from_pb(raw) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fault(peer, Fault::Malformed, format!("malformed status: {e}"));
+                return;
+            }
+        };
+        if let Err(why) = check_compatible(&self.our_status(), &theirs) {
+            if self.scores.banned_until(&peer, now_ms()).is_none() {
+                tracing::info!(peer = %peer, reason = %why, agent = %theirs.agent, "refusing peer: not on our network");
+            }
+            self.fault(peer, Fault::Incompatible, why.to_string());
+            return;
+        }
+        let max_items = theirs
+            .limit_for("sync")
+            .map_or(self.cfg.sync_max_blocks, |l| l.max_items_per_request);
+        let rps = theirs.limit_for("sync").map(|l| l.requests_per_second);
+        let (height, hash) = (theirs.best_height, theirs.best_hash);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.status.is_none() {
+                tracing::info!(peer = %peer, height, agent = %theirs.agent, rtt_ms = ?p.rtt.map(|r| r.as_millis()), "peer joined");
+            }
+            p.status = Some(theirs);
+            // Keep 20% headroom under what the peer enforces.
+            p.out_quota = rps.map(|r| {
+                let r = (r.saturating_mul(4) / 5).max(1);
+                RateLimiter::new(Quota::new(r, r), 1)
+            });
+        }
+        self.syncer
+            .peer_status(peer, height, hash, max_items, now_ms());
+    }
+
+    fn on_sync_event(&mut self, ev: chainmesh_behaviours::sync::Event) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.on_sync_request(peer, request, channel);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(id) = self.outbound.remove(&request_id) else {
+                    return;
+                };
+                let now = now_ms();
+                match Response::from_pb(response) {
+                    Ok(Response::Headers(h)) => self.syncer.on_headers(id, h, now),
+                    Ok(Response::Blocks(b)) => self.syncer.on_blocks(id, b, now),
+                    Ok(Response::Error(e)) => {
+                        tracing::debug!(peer = %peer, error = ?e, "peer declined a sync request");
+                        self.syncer.on_failure(id, false, now);
+                    }
+                    Ok(Response::Txs { .. }) => {
+                        self.syncer.on_failure(id, false, now);
+                        self.fault(
+                            peer,
+                            Fault::BadData,
+                            "transactions in answer to a block request".into(),
+                        );
+                    }
+                    Err(e) => {
+                        self.syncer.on_failure(id, false, now);
+                        self.fault(
+                            peer,
+                            Fault::Malformed,
+                            format!("malformed sync response: {e}"),
+                        );
+                    }
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(id) = self.outbound.remove(&request_id) {
+                    let timed_out = matches!(error, request_response::OutboundFailure::Timeout);
+                    self.syncer.on_failure(id, timed_out, now_ms());
+                }
+                self.on_stream_failure(peer, "sync", &error.to_string(), is_garbage_out(&error));
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.on_stream_failure(peer, "sync", &error.to_string(), is_garbage_in(&error));
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        raw: pb_net::SyncRequest,
+        channel: ResponseChannel<pb_net::SyncResponse>,
+    ) {
+        use chainmesh_behaviours::sync::ServeError;
+        let req = match Request::from_pb(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                let resp = Response::Error(ServeError::BadRequest(e.to_string()));
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, resp.to_pb());
+                self.fault(
+                    peer,
+                    Fault::Malformed,
+                    format!("malformed sync request: {e}"),
+                );
+                return;
+            }
+        };
+        if self.limiter.check(&peer, 1, Instant::now()).is_err() {
+            let resp = Response::Error(ServeError::RateLimited(format!(
+                "more than {} requests per second",
+                self.cfg.sync_requests_per_second
+            )));
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, resp.to_pb());
+            self.fault(
+                peer,
+                Fault::RateExceeded,
+                "sync requests above the advertised rate".into(),
+            );
+            return;
+        }
+        if self.serving >= MAX_SERVING {
+            let resp = Response::Error(ServeError::Unavailable("busy".into()));
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, resp.to_pb());
+            return;
+        }
+        self.serving += 1;
+        let (reader, chain, tx, max) = (
+            self.reader.clone(),
+            self.chain.clone(),
+            self.served_tx.clone(),
+            self.cfg.sync_max_blocks,
+        );
+        tokio::spawn(async move {
+            let resp = serve::serve(reader, chain, req, max).await;
+            let _ = tx.send((channel, resp)).await;
+        });
+    }
+
+    fn on_stream_failure(&mut self, peer: PeerId, protocol: &str, error: &str, garbage: bool) {
+        if garbage {
+            self.fault(peer, Fault::Malformed, format!("{protocol}: {error}"));
+        } else {
+            tracing::debug!(peer = %peer, protocol, error, "stream failed");
+        }
+    }
+
+    /// Scores a fault and acts on the verdict.
+    fn fault(&mut self, peer: PeerId, fault: Fault, detail: String) {
+        let now = now_ms();
+        match self.scores.penalize(&peer, fault, now) {
+            Verdict::Keep => tracing::debug!(peer = %peer, ?fault, %detail, "peer penalised"),
+            Verdict::Disconnect => {
+                tracing::info!(peer = %peer, ?fault, %detail, "disconnecting a misbehaving peer");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Verdict::Ban { until_ms } => {
+                if fault != Fault::Incompatible {
+                    tracing::info!(peer = %peer, ?fault, %detail, ban_secs = (until_ms - now) / 1000, "banning peer");
+                }
+                if let Err(e) = self.bans.insert(peer.to_bytes(), &until_ms.to_be_bytes()) {
+                    tracing::warn!(error = %e, "cannot persist a ban");
+                }
+                // Give the answer in flight (e.g. our status) a moment to leave first.
+                self.pending_bans
+                    .push((peer, Instant::now() + Duration::from_millis(500)));
+            }
+        }
+    }
+
+    fn drive_syncer(&mut self) {
+        while let Some(a) = self.syncer.poll_action() {
+            match a {
+                Action::Request { peer, id, want } => {
+                    self.deferred.push_back(Deferred { peer, id, want })
+                }
+                Action::Import { blocks } => {
+                    let (chain, tx) = (self.chain.clone(), self.import_tx.clone());
+                    tokio::spawn(async move {
+                        let (reply, rx) = oneshot::channel();
+                        let result = match chain.send(Command::ImportBlocks { blocks, reply }).await
+                        {
+                            Ok(()) => rx.await.unwrap_or(ImportResult::Failed {
+                                hash: Hash::ZERO,
+                                invalid: false,
+                                reason: "chain task stopped".into(),
+                            }),
+                            Err(_) => ImportResult::Failed {
+                                hash: Hash::ZERO,
+                                invalid: false,
+                                reason: "chain task stopped".into(),
+                            },
+                        };
+                        let _ = tx.send(result).await;
+                    });
+                }
+                Action::Penalize {
+                    peer,
+                    fault,
+                    detail,
+                } => self.fault(peer, fault_of(fault), detail),
+            }
+        }
+        self.send_deferred();
+    }
+
+    /// Sends queued requests as each peer's advertised rate allows.
+    fn send_deferred(&mut self) {
+        let now = Instant::now();
+        let mut keep = VecDeque::new();
+        while let Some(d) = self.deferred.pop_front() {
+            let Some(p) = self.peers.get_mut(&d.peer) else {
+                self.syncer.on_failure(d.id, false, now_ms());
+                continue;
+            };
+            if let Some(q) = &mut p.out_quota
+                && q.check(&(), 1, now).is_err()
+            {
+                keep.push_back(d);
+                continue;
+            }
+            let req = match d.want {
+                Want::Headers { locator, max } => Request::GetHeaders { locator, max },
+                Want::Blocks { hashes } => Request::GetBlocks { hashes },
+            };
+            let oid = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&d.peer, req.to_pb());
+            self.outbound.insert(oid, d.id);
+        }
+        self.deferred = keep;
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        self.syncer.tick(now);
+        let due: Vec<PeerId> = {
+            let t = Instant::now();
+            let (due, rest): (Vec<_>, Vec<_>) =
+                self.pending_bans.drain(..).partition(|(_, at)| *at <= t);
+            self.pending_bans = rest;
+            due.into_iter().map(|(p, _)| p).collect()
+        };
+        for p in due {
+            self.swarm.behaviour_mut().blocked.block_peer(p);
+        }
+        for p in self.scores.expire_bans(now) {
+            tracing::info!(peer = %p, "ban expired");
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+            let _ = self.bans.remove(p.to_bytes());
+        }
+        if self.last_status_round.elapsed() >= Duration::from_secs(self.cfg.status_interval_secs) {
+            self.last_status_round = Instant::now();
+            let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+            for p in peers {
+                self.send_status(&p);
+            }
+        }
+        if self
+            .last_redial
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.redial_secs))
+        {
+            self.redial();
+        }
+        self.update_progress();
+    }
+
+    fn redial(&mut self) {
+        self.last_redial = Some(Instant::now());
+        for addr in self.bootstrap.clone() {
+            let connected = self
+                .bootstrap_peers
+                .get(&addr)
+                .is_some_and(|p| self.swarm.is_connected(p));
+            if !connected && let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(address = %addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+    }
+
+    fn update_progress(&mut self) {
+        let p = self.syncer.progress();
+        let now = Instant::now();
+        self.samples.push_back((now, p.local_height));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(10))
+        {
+            self.samples.pop_front();
+        }
+        let rate = match (self.samples.front(), self.samples.back()) {
+            (Some((t0, h0)), Some((t1, h1))) if t1 > t0 => {
+                (h1.saturating_sub(*h0)) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let remaining = p.target_height.saturating_sub(p.local_height);
+        let eta = (rate > 0.0 && remaining > 0).then(|| (remaining as f64 / rate).ceil() as u64);
+        let view = SyncView {
+            syncing: p.syncing,
+            target_height: p.target_height,
+            blocks_per_sec: (rate * 10.0).round() / 10.0,
+            eta_secs: eta,
+            peers: p.peers,
+        };
+        if p.syncing && self.last_progress_log.elapsed() >= Duration::from_secs(5) {
+            self.last_progress_log = now;
+            tracing::info!(
+                height = p.local_height,
+                target = p.target_height,
+                blocks_per_sec = view.blocks_per_sec,
+                eta_secs = ?eta,
+                peers = p.peers,
+                "syncing"
+            );
+        }
+        self.sync_view.send_if_modified(|v| {
+            let changed = *v != view;
+            *v = view;
+            changed
+        });
+    }
+
+    fn peer_views(&self) -> Vec<PeerView> {
+        let now = now_ms();
+        self.peers
+            .iter()
+            .map(|(id, p)| {
+                let stats = self.syncer.peer_stats(id).unwrap_or_default();
+                PeerView {
+                    peer_id: id.to_string(),
+                    address: p.address.to_string(),
+                    direction: if p.inbound { "inbound" } else { "outbound" }.into(),
+                    agent: p.agent.clone(),
+                    height: p.status.as_ref().map(|s| s.best_height),
+                    tip: p.status.as_ref().map(|s| s.best_hash),
+                    rtt_ms: p.rtt.map(|r| r.as_millis() as u64),
+                    score: self.scores.score(id, now),
+                    blocks_served: stats.blocks_served,
+                    batches_served: stats.batches_served,
+                    timeouts: stats.timeouts,
+                }
+            })
+            .collect()
+    }
+}
+
+fn without_p2p(a: &Multiaddr) -> Multiaddr {
+    a.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+/// A stream that failed on bytes that are not our protocol (oversized, truncated, garbage).
+fn is_garbage_in(e: &request_response::InboundFailure) -> bool {
+    matches!(e, request_response::InboundFailure::Io(io) if io.kind() == std::io::ErrorKind::InvalidData)
+}
+
+fn is_garbage_out(e: &request_response::OutboundFailure) -> bool {
+    matches!(e, request_response::OutboundFailure::Io(io) if io.kind() == std::io::ErrorKind::InvalidData)
+}

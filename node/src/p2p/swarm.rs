@@ -1,0 +1,81 @@
+//! Assembles the libp2p swarm: TCP and QUIC, Noise, Yamux; identify, ping, connection
+//! limits, a block list for bans, and our status and sync protocols.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use chainmesh_behaviours::{status, sync};
+use chainmesh_proto::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    Swarm, allow_block_list, connection_limits, identify, identity, noise, ping, tcp, yamux,
+};
+
+use crate::config::P2pConfig;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub status: status::Behaviour,
+    pub sync: sync::Behaviour,
+}
+
+pub fn agent() -> String {
+    format!("chainmesh/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The node's libp2p identity, kept in `<data_dir>/p2p.key` (same format as other key
+/// files) so that its peer id survives restarts.
+pub fn load_or_create_identity(data_dir: &Path) -> anyhow::Result<identity::Keypair> {
+    let path = data_dir.join("p2p.key");
+    let k = if path.exists() {
+        Keypair::load(&path)?
+    } else {
+        let k = Keypair::generate();
+        k.save_new(&path)?;
+        k
+    };
+    identity::Keypair::ed25519_from_bytes(k.seed()).context("invalid p2p key")
+}
+
+pub fn build(
+    key: identity::Keypair,
+    network_id: &str,
+    cfg: &P2pConfig,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let timeout = Duration::from_secs(cfg.request_timeout_secs);
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(cfg.max_connections))
+        .with_max_established_incoming(Some(cfg.max_inbound))
+        .with_max_established_outgoing(Some(cfg.max_outbound))
+        .with_max_established_per_peer(Some(cfg.max_per_peer))
+        .with_max_pending_incoming(Some(cfg.max_pending))
+        .with_max_pending_outgoing(Some(cfg.max_pending));
+    let net = network_id.to_string();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
+            blocked: allow_block_list::Behaviour::default(),
+            identify: identify::Behaviour::new(
+                identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
+                    .with_agent_version(agent()),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            status: status::new(&net, timeout),
+            sync: sync::new(&net, timeout),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
