@@ -11,6 +11,8 @@ use chainmesh_proto::{Keypair, PublicKey, Tx};
 pub struct TestNet {
     pub genesis: Genesis,
     pub authority: Keypair,
+    /// All authorities, `authority` first.
+    pub authorities: Vec<Keypair>,
     pub alice: Keypair,
 }
 
@@ -24,14 +26,19 @@ fn now_ms() -> u64 {
 impl TestNet {
     /// A network whose slots 1..=`past_slots` are already in the past.
     pub fn new(network_id: &str, past_slots: u64) -> TestNet {
-        let authority = Keypair::generate();
+        Self::with_authorities(network_id, past_slots, 1)
+    }
+
+    pub fn with_authorities(network_id: &str, past_slots: u64, n: usize) -> TestNet {
+        let authorities: Vec<Keypair> = (0..n).map(|_| Keypair::generate()).collect();
+        let authority = authorities[0].clone();
         let alice = Keypair::generate();
         let block_time_ms = 1_000;
         let genesis = Genesis {
             network_id: network_id.into(),
             timestamp_ms: (now_ms() - (past_slots + 60) * block_time_ms) / 1000 * 1000,
             block_time_ms,
-            authorities: vec![authority.public()],
+            authorities: authorities.iter().map(Keypair::public).collect(),
             allocations: vec![Allocation {
                 address: alice.public(),
                 balance: 1_000_000_000,
@@ -41,6 +48,7 @@ impl TestNet {
         TestNet {
             genesis,
             authority,
+            authorities,
             alice,
         }
     }
@@ -48,6 +56,16 @@ impl TestNet {
     /// Writes `<home>/genesis.toml` and `<home>/config.toml` (loopback, any free ports,
     /// quick redials, no producer) and returns the home.
     pub fn node_home(&self, home: &Path) -> PathBuf {
+        self.node_home_with(home, None, |_| {})
+    }
+
+    /// Like `node_home`, producing with `producer` if given, with config changes.
+    pub fn node_home_with(
+        &self,
+        home: &Path,
+        producer: Option<&Keypair>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> PathBuf {
         std::fs::create_dir_all(home).unwrap();
         std::fs::write(
             home.join("genesis.toml"),
@@ -62,6 +80,11 @@ impl TestNet {
         cfg.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
         cfg.p2p.redial_secs = 1;
         cfg.p2p.request_timeout_secs = 5;
+        if let Some(k) = producer {
+            k.save_new(&home.join("producer.key")).unwrap();
+            cfg.producer_key = Some("producer.key".into());
+        }
+        tweak(&mut cfg);
         std::fs::write(home.join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
         home.to_path_buf()
     }

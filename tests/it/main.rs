@@ -5,4 +5,5 @@ mod chains;
 mod common;
 mod crash;
 mod dev_node;
+mod forks;
 mod sync;
