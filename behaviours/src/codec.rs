@@ -3,8 +3,11 @@
 //! protocol of ours; each sets its own caps.
 //!
 //! A frame above its cap, a truncated frame or bytes that are not the expected message
-//! fail the stream with `InvalidData`, which request-response reports as an inbound or
-//! outbound failure: the node penalises the peer; nothing is allocated beyond the cap.
+//! never allocate beyond the cap. On the outbound side they fail the stream with
+//! `InvalidData`, which request-response reports as an outbound failure. On the inbound
+//! side request-response would drop such a failure silently (it only reports failures of
+//! requests it has handed out), so an inbound request decodes to [`Inbound`]: the message,
+//! or [`Malformed`] with the reason, which reaches the node as an event it can penalise.
 
 use std::io;
 use std::marker::PhantomData;
@@ -13,6 +16,13 @@ use chainmesh_proto::codec::{read_frame, write_frame};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use prost::Message;
+
+/// Why an inbound request could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+/// An inbound request: the message, or why the bytes were not one.
+pub type Inbound<T> = Result<T, Malformed>;
 
 pub struct ProtoCodec<Req, Resp> {
     max_request: usize,
@@ -65,14 +75,18 @@ where
     Resp: Message + Default + Send + 'static,
 {
     type Protocol = StreamProtocol;
-    type Request = Req;
+    type Request = Inbound<Req>;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Inbound<Req>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_msg(io, self.max_request).await
+        match read_msg(io, self.max_request).await {
+            Ok(m) => Ok(Ok(m)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Err(Malformed(e.to_string()))),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
@@ -82,11 +96,21 @@ where
         read_msg(io, self.max_response).await
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Inbound<Req>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_msg(io, &req, self.max_request).await
+        match req {
+            Ok(m) => write_msg(io, &m, self.max_request).await,
+            Err(Malformed(why)) => Err(invalid(format!(
+                "refusing to send a malformed request: {why}"
+            ))),
+        }
     }
 
     async fn write_response<T>(
@@ -130,9 +154,9 @@ mod tests {
             ..Default::default()
         };
         let mut buf = futures::io::Cursor::new(Vec::new());
-        block_on(c.write_request(&p, &mut buf, msg.clone())).unwrap();
+        block_on(c.write_request(&p, &mut buf, Ok(msg.clone()))).unwrap();
         buf.set_position(0);
-        assert_eq!(block_on(c.read_request(&p, &mut buf)).unwrap(), msg);
+        assert_eq!(block_on(c.read_request(&p, &mut buf)).unwrap(), Ok(msg));
 
         let big = Status {
             agent: "x".repeat(100),
@@ -142,8 +166,16 @@ mod tests {
         let e = block_on(c.write_response(&p, &mut buf, big)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
 
-        let mut garbage = futures::io::Cursor::new(vec![5u8, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        let e = block_on(c.read_request(&p, &mut garbage)).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Inbound garbage, oversized or truncated frames come back as `Malformed`.
+        for bad in [
+            vec![5u8, 0xff, 0xff, 0xff, 0xff, 0xff],
+            vec![0x80, 0x80, 0x80, 0x01],
+            vec![10, 1, 2],
+            vec![],
+        ] {
+            let mut r = futures::io::Cursor::new(bad.clone());
+            let got = block_on(c.read_request(&p, &mut r)).unwrap();
+            assert!(got.is_err(), "{bad:?} decoded as {got:?}");
+        }
     }
 }

@@ -133,6 +133,19 @@ impl Node {
         self.get("/peers").as_array().cloned().unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("node is running")
+    }
+
+    /// Resident memory of the node process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();

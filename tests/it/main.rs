@@ -6,4 +6,5 @@ mod common;
 mod crash;
 mod dev_node;
 mod forks;
+mod hostile;
 mod sync;

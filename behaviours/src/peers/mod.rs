@@ -110,26 +110,7 @@ impl<P: Hash + Eq + Clone> PeerScores<P> {
 
     /// Records a fault and says what to do with the peer.
     pub fn penalize(&mut self, peer: &P, fault: Fault, now_ms: u64) -> Verdict {
-        let s = self.score(peer, now_ms) - fault.cost();
-        if !self.scores.contains_key(peer) && self.scores.len() >= self.cfg.max_peers {
-            self.forget_mildest(now_ms);
-        }
-        self.scores.insert(
-            peer.clone(),
-            Entry {
-                score: s,
-                at_ms: now_ms,
-            },
-        );
-        if s <= self.cfg.ban_below {
-            let until_ms = now_ms.saturating_add(self.cfg.ban_ms);
-            self.ban(peer, until_ms);
-            Verdict::Ban { until_ms }
-        } else if s <= self.cfg.disconnect_below {
-            Verdict::Disconnect
-        } else {
-            Verdict::Keep
-        }
+        self.penalize_evicting(peer, fault, now_ms).0
     }
 
     fn forget_mildest(&mut self, now_ms: u64) {
@@ -147,8 +128,10 @@ impl<P: Hash + Eq + Clone> PeerScores<P> {
     }
 
     /// Bans until `until_ms` (also used to restore persisted bans). Bans are bounded like
-    /// scores: past the limit the one expiring first is dropped.
-    pub fn ban(&mut self, peer: &P, until_ms: u64) {
+    /// scores: past the limit the one expiring first is dropped and returned, so that the
+    /// caller lifts it wherever else it enforces bans.
+    pub fn ban(&mut self, peer: &P, until_ms: u64) -> Option<P> {
+        let mut evicted = None;
         if !self.bans.contains_key(peer)
             && self.bans.len() >= self.cfg.max_peers
             && let Some(k) = self
@@ -158,8 +141,40 @@ impl<P: Hash + Eq + Clone> PeerScores<P> {
                 .map(|(k, _)| k.clone())
         {
             self.bans.remove(&k);
+            evicted = Some(k);
         }
         self.bans.insert(peer.clone(), until_ms);
+        evicted
+    }
+
+    /// Records a fault and says what to do with the peer, and which earlier ban (if any)
+    /// made room for a new one.
+    pub fn penalize_evicting(
+        &mut self,
+        peer: &P,
+        fault: Fault,
+        now_ms: u64,
+    ) -> (Verdict, Option<P>) {
+        let s = self.score(peer, now_ms) - fault.cost();
+        if !self.scores.contains_key(peer) && self.scores.len() >= self.cfg.max_peers {
+            self.forget_mildest(now_ms);
+        }
+        self.scores.insert(
+            peer.clone(),
+            Entry {
+                score: s,
+                at_ms: now_ms,
+            },
+        );
+        if s <= self.cfg.ban_below {
+            let until_ms = now_ms.saturating_add(self.cfg.ban_ms);
+            let evicted = self.ban(peer, until_ms);
+            (Verdict::Ban { until_ms }, evicted)
+        } else if s <= self.cfg.disconnect_below {
+            (Verdict::Disconnect, None)
+        } else {
+            (Verdict::Keep, None)
+        }
     }
 
     pub fn banned_until(&self, peer: &P, now_ms: u64) -> Option<u64> {
@@ -225,5 +240,14 @@ mod tests {
             s.penalize(&i, Fault::Timeout, 5_000);
         }
         assert!(s.scores.len() <= 10);
+        // Bans are bounded too, and the evicted one is reported.
+        let mut evicted = 0;
+        for i in 0..25u32 {
+            if s.ban(&(1_000 + i), 10_000 + u64::from(i)).is_some() {
+                evicted += 1;
+            }
+        }
+        assert_eq!(s.bans().count(), 10);
+        assert_eq!(evicted, 15);
     }
 }

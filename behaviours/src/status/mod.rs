@@ -14,14 +14,14 @@ use libp2p::request_response::{self, ProtocolSupport};
 
 pub use messages::{ChainStatus, Incompatible, ServeLimit, check_compatible};
 
-use crate::codec::{ProtoCodec, protocol_name};
+use crate::codec::{Inbound, ProtoCodec, protocol_name};
 
 /// The version of our protocol suite this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 pub type Codec = ProtoCodec<pb_net::Status, pb_net::Status>;
 pub type Behaviour = request_response::Behaviour<Codec>;
-pub type Event = request_response::Event<pb_net::Status, pb_net::Status>;
+pub type Event = request_response::Event<Inbound<pb_net::Status>, pb_net::Status>;
 
 pub fn new(network_id: &str, timeout: Duration) -> Behaviour {
     request_response::Behaviour::with_codec(

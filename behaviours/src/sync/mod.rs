@@ -14,11 +14,11 @@ pub use messages::{
     MAX_BLOCKS_PER_REQUEST, MAX_LOCATOR, MAX_TXS_PER_REQUEST, Request, Response, ServeError,
 };
 
-use crate::codec::{ProtoCodec, protocol_name};
+use crate::codec::{Inbound, ProtoCodec, protocol_name};
 
 pub type Codec = ProtoCodec<pb_net::SyncRequest, pb_net::SyncResponse>;
 pub type Behaviour = request_response::Behaviour<Codec>;
-pub type Event = request_response::Event<pb_net::SyncRequest, pb_net::SyncResponse>;
+pub type Event = request_response::Event<Inbound<pb_net::SyncRequest>, pb_net::SyncResponse>;
 
 pub fn new(network_id: &str, timeout: Duration) -> Behaviour {
     request_response::Behaviour::with_codec(

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chainmesh_behaviours::codec::{Inbound, Malformed};
 use chainmesh_behaviours::peers::{Fault, PeerScores, ScoreConfig, Verdict};
 use chainmesh_behaviours::status::{ChainStatus, PROTOCOL_VERSION, ServeLimit, check_compatible};
 use chainmesh_behaviours::sync::{Request, Response};
@@ -181,7 +182,9 @@ pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Resul
         };
         let until = u64::from_be_bytes(until);
         if until > now {
-            scores.ban(&peer, until);
+            if let Some(old) = scores.ban(&peer, until) {
+                swarm.behaviour_mut().blocked.unblock_peer(old);
+            }
             swarm.behaviour_mut().blocked.block_peer(peer);
         } else {
             bans.remove(k)?;
@@ -305,7 +308,7 @@ impl Net {
 
     fn send_status(&mut self, peer: &PeerId) {
         let s = self.our_status().to_pb();
-        self.swarm.behaviour_mut().status.send_request(peer, s);
+        self.swarm.behaviour_mut().status.send_request(peer, Ok(s));
     }
 
     fn on_local_tip(&mut self) {
@@ -438,6 +441,14 @@ impl Net {
                     },
                 ..
             } => {
+                let request = match request {
+                    Ok(r) => r,
+                    Err(Malformed(why)) => {
+                        drop(channel);
+                        self.fault(peer, Fault::Malformed, format!("status: {why}"));
+                        return;
+                    }
+                };
                 // Answer first, so that a refused peer learns our side too.
                 let ours = self.our_status().to_pb();
                 let _ = self
@@ -572,10 +583,18 @@ impl Net {
     fn on_sync_request(
         &mut self,
         peer: PeerId,
-        raw: pb_net::SyncRequest,
+        raw: Inbound<pb_net::SyncRequest>,
         channel: ResponseChannel<pb_net::SyncResponse>,
     ) {
         use chainmesh_behaviours::sync::ServeError;
+        let raw = match raw {
+            Ok(r) => r,
+            Err(Malformed(why)) => {
+                drop(channel);
+                self.fault(peer, Fault::Malformed, format!("sync: {why}"));
+                return;
+            }
+        };
         let req = match Request::from_pb(raw) {
             Ok(r) => r,
             Err(e) => {
@@ -643,10 +662,21 @@ impl Net {
     /// Scores a fault and acts on the verdict.
     fn fault(&mut self, peer: PeerId, fault: Fault, detail: String) {
         let now = now_ms();
-        match self.scores.penalize(&peer, fault, now) {
+        if self.scores.banned_until(&peer, now).is_some() {
+            // Already banned: frames still in flight add nothing.
+            return;
+        }
+        let (verdict, evicted) = self.scores.penalize_evicting(&peer, fault, now);
+        if let Some(old) = evicted {
+            // The ban table is full: the ban expiring first made room, lift it everywhere.
+            self.swarm.behaviour_mut().blocked.unblock_peer(old);
+            let _ = self.bans.remove(old.to_bytes());
+        }
+        match verdict {
             Verdict::Keep => tracing::debug!(peer = %peer, ?fault, %detail, "peer penalised"),
             Verdict::Disconnect => {
                 tracing::info!(peer = %peer, ?fault, %detail, "disconnecting a misbehaving peer");
+                self.syncer.peer_gone(&peer, now);
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Verdict::Ban { until_ms } => {
@@ -656,9 +686,14 @@ impl Net {
                 if let Err(e) = self.bans.insert(peer.to_bytes(), &until_ms.to_be_bytes()) {
                     tracing::warn!(error = %e, "cannot persist a ban");
                 }
-                // Give the answer in flight (e.g. our status) a moment to leave first.
-                self.pending_bans
-                    .push((peer, Instant::now() + Duration::from_millis(500)));
+                self.syncer.peer_gone(&peer, now);
+                if fault == Fault::Incompatible {
+                    // Give our status answer a moment to leave, so the peer learns why.
+                    self.pending_bans
+                        .push((peer, Instant::now() + Duration::from_millis(500)));
+                } else {
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                }
             }
         }
     }
@@ -722,7 +757,7 @@ impl Net {
                 .swarm
                 .behaviour_mut()
                 .sync
-                .send_request(&d.peer, req.to_pb());
+                .send_request(&d.peer, Ok(req.to_pb()));
             self.outbound.insert(oid, d.id);
         }
         self.deferred = keep;
