@@ -144,18 +144,24 @@ impl UndoRecord {
 }
 
 /// Uncommitted account changes on top of a reader, with the state hash they lead to.
+///
+/// The hash is brought up to date per account, not per write: an account written by many
+/// transactions of a block costs one removal and one addition when the hash is asked for.
 pub struct Overlay<'a, R> {
     base: &'a R,
+    /// Each touched account's value before the overlay first wrote it.
+    before: BTreeMap<Address, Option<Account>>,
     changes: BTreeMap<Address, Option<Account>>,
-    hash: StateHash,
+    base_hash: StateHash,
 }
 
 impl<'a, R: AccountReader> Overlay<'a, R> {
     pub fn new(base: &'a R, hash: StateHash) -> Self {
         Overlay {
             base,
+            before: BTreeMap::new(),
             changes: BTreeMap::new(),
-            hash,
+            base_hash: hash,
         }
     }
 
@@ -166,24 +172,36 @@ impl<'a, R: AccountReader> Overlay<'a, R> {
         }
     }
 
-    /// Sets (or, with `None`, deletes) an account, keeping the hash in step.
+    /// Sets (or, with `None`, deletes) an account.
     pub fn put(&mut self, addr: Address, new: Option<Account>) -> Result<(), R::Error> {
-        if let Some(old) = self.get(&addr)? {
-            self.hash.remove(&addr, &old);
-        }
-        if let Some(n) = &new {
-            self.hash.add(&addr, n);
+        if !self.before.contains_key(&addr) {
+            let old = self.base.read_account(&addr)?;
+            self.before.insert(addr, old);
         }
         self.changes.insert(addr, new);
         Ok(())
     }
 
-    pub fn hash(&self) -> &StateHash {
-        &self.hash
+    /// The state hash with every change so far.
+    pub fn hash(&self) -> StateHash {
+        let mut h = self.base_hash.clone();
+        for (addr, new) in &self.changes {
+            let old = self.before.get(addr).copied().flatten();
+            if old != *new {
+                if let Some(o) = &old {
+                    h.remove(addr, o);
+                }
+                if let Some(n) = new {
+                    h.add(addr, n);
+                }
+            }
+        }
+        h
     }
 
     pub fn into_parts(self) -> (BTreeMap<Address, Option<Account>>, StateHash) {
-        (self.changes, self.hash)
+        let h = self.hash();
+        (self.changes, h)
     }
 
     /// Restores the accounts an undo record names.

@@ -32,6 +32,9 @@ pub struct SyncConfig {
     pub request_timeout_ms: u64,
     /// Most blocks whose headers are fetched but not yet imported.
     pub max_buffered_blocks: usize,
+    /// Most bytes of bodies received but not yet imported (beyond it only the lowest
+    /// batch, the one import waits for, is fetched).
+    pub max_buffered_bytes: usize,
     /// Most blocks in one `Import` action.
     pub max_import_blocks: usize,
     /// How long a peer whose header request came back empty or failed is not asked again.
@@ -42,11 +45,12 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             headers_per_request: 512,
-            batch_blocks: 64,
+            batch_blocks: 128,
             initial_in_flight: 2,
             max_in_flight: 8,
             request_timeout_ms: 10_000,
             max_buffered_blocks: 8_192,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_import_blocks: 256,
             headers_backoff_ms: 5_000,
         }
@@ -54,6 +58,9 @@ impl Default for SyncConfig {
 }
 
 pub type RequestId = u64;
+
+/// Blocks per request to a new peer, before its answers show what it can do.
+const INITIAL_REQUEST_SIZE: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Want {
@@ -114,6 +121,9 @@ pub struct PeerStats {
     pub timeouts: u64,
     pub in_flight: usize,
     pub in_flight_limit: usize,
+    /// Blocks asked per request: grows for a peer that answers fast and full, shrinks
+    /// for a slow one, never above what the peer advertised.
+    pub request_size: usize,
 }
 
 #[derive(Debug)]
@@ -124,12 +134,17 @@ struct Peer {
     max_items: u32,
     stats: PeerStats,
     headers_backoff_until: u64,
+    /// Whether bulk requests (bodies) may go to this peer; not over relayed connections,
+    /// which are for coordination.
+    bulk: bool,
 }
 
 #[derive(Debug)]
 struct Batch<P> {
     hashes: Vec<Hash>,
     blocks: Vec<Block>,
+    /// Encoded size of `blocks`.
+    bytes: usize,
     in_flight: Option<RequestId>,
     excluded: Vec<P>,
 }
@@ -246,14 +261,25 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             max_items,
             stats: PeerStats {
                 in_flight_limit: self.cfg.initial_in_flight,
+                request_size: INITIAL_REQUEST_SIZE.min(max_items as usize),
                 ..PeerStats::default()
             },
             headers_backoff_until: 0,
+            bulk: true,
         });
         e.height = height;
         e.hash = hash;
         e.max_items = max_items;
+        e.stats.request_size = e.stats.request_size.clamp(1, max_items as usize);
         self.schedule(now_ms);
+    }
+
+    /// Marks a peer reachable only through a relay: it still gets header requests, but
+    /// no block bodies.
+    pub fn set_relayed(&mut self, peer: &P, relayed: bool) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.bulk = !relayed;
+        }
     }
 
     pub fn peer_gone(&mut self, peer: &P, now_ms: u64) {
@@ -315,6 +341,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             let backoff = now_ms + self.cfg.headers_backoff_ms;
             if let Some(p) = self.peers.get_mut(&r.peer) {
                 p.stats.in_flight_limit = (p.stats.in_flight_limit / 2).max(1);
+                p.stats.request_size = (p.stats.request_size / 2).max(1);
                 if timed_out {
                     p.stats.timeouts += 1;
                 }
@@ -393,6 +420,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
                 Batch {
                     hashes: chunk.iter().map(Header::hash).collect(),
                     blocks: Vec::new(),
+                    bytes: 0,
                     in_flight: None,
                     excluded: Vec::new(),
                 },
@@ -518,6 +546,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
                     break;
                 }
                 self.served_by.insert(h, r.peer.clone());
+                batch.bytes += chainmesh_proto::wire::encode_block(&b).len();
                 batch.blocks.push(b);
                 accepted += 1;
             }
@@ -534,8 +563,12 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             let took = now_ms.saturating_sub(r.sent_ms);
             if accepted == asked && took < self.cfg.request_timeout_ms / 4 {
                 p.stats.in_flight_limit = (p.stats.in_flight_limit + 1).min(self.cfg.max_in_flight);
+                if accepted >= p.stats.request_size {
+                    p.stats.request_size = (p.stats.request_size * 2).min(p.max_items as usize);
+                }
             } else if took > self.cfg.request_timeout_ms / 2 {
                 p.stats.in_flight_limit = (p.stats.in_flight_limit.saturating_sub(1)).max(1);
+                p.stats.request_size = (p.stats.request_size / 2).max(1);
             }
         }
         if let Some((f, d)) = fault {
@@ -642,6 +675,8 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
     }
 
     fn schedule_blocks(&mut self, now_ms: u64) {
+        let lowest = self.batches.keys().next().copied();
+        let buffered_bytes: usize = self.batches.values().map(|b| b.bytes).sum();
         let starts: Vec<u64> = self
             .batches
             .iter()
@@ -649,6 +684,9 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             .map(|(s, _)| *s)
             .collect();
         for start in starts {
+            if buffered_bytes > self.cfg.max_buffered_bytes && Some(start) != lowest {
+                continue;
+            }
             let Some(batch) = self.batches.get_mut(&start) else {
                 continue;
             };
@@ -661,7 +699,8 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
                 .peers
                 .iter()
                 .filter(|(k, p)| {
-                    p.height >= end
+                    p.bulk
+                        && p.height >= end
                         && p.stats.in_flight < p.stats.in_flight_limit
                         && !batch.excluded.contains(k)
                 })
@@ -671,7 +710,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
                         .cmp(&b.1.stats.in_flight)
                         .then(b.1.stats.blocks_served.cmp(&a.1.stats.blocks_served))
                 })
-                .map(|(k, p)| (k.clone(), p.max_items as usize));
+                .map(|(k, p)| (k.clone(), p.stats.request_size.max(1)));
             let Some((peer, max_items)) = pick else {
                 continue;
             };

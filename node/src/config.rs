@@ -111,7 +111,7 @@ impl Default for P2pConfig {
             request_timeout_secs: 10,
             ban_secs: 600,
             sync_requests_per_second: 50,
-            sync_max_blocks: 64,
+            sync_max_blocks: 256,
         }
     }
 }

@@ -150,7 +150,17 @@ enum TxCmd {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Runs the CLI on the given arguments (the first is the program name), for binaries
+/// that embed the node (the benchmark runs nodes this way).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     init_logging(cli.log_format, &cli.log_level);
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,

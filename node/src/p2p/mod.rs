@@ -68,6 +68,9 @@ pub struct PeerView {
     pub blocks_served: u64,
     pub batches_served: u64,
     pub timeouts: u64,
+    /// Blocks per request and requests in flight the syncer currently allows this peer.
+    pub request_size: usize,
+    pub in_flight_limit: usize,
 }
 
 pub enum NetCommand {
@@ -872,6 +875,8 @@ impl Net {
                     blocks_served: stats.blocks_served,
                     batches_served: stats.batches_served,
                     timeouts: stats.timeouts,
+                    request_size: stats.request_size,
+                    in_flight_limit: stats.in_flight_limit,
                 }
             })
             .collect()

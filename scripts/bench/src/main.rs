@@ -1,0 +1,448 @@
+//! chainmesh benchmarks. Run from the repository root:
+//!
+//! ```sh
+//! cargo run --release -p chainmesh-bench -- [--quick] [--out DIR]
+//! ```
+//!
+//! First it calibrates this machine in the same run: (a) raw libp2p stream throughput
+//! between two swarms (TCP + Noise + Yamux, one stream), (b) sled `apply_batch` write
+//! rate for block-sized values, (c) ed25519 verification rate, single and batched. For a
+//! workload, the limit L in blocks/s is the smallest of (a), (b), (c) expressed for that
+//! workload's block size and signatures per block. Then it runs real `chainmesh` nodes on
+//! loopback (this binary runs them: `chainmesh-bench node ...` is the node's CLI) and
+//! measures sync. Results go to `BENCHMARKS.md` and `bench.json` in DIR (default `.`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use chainmesh_chain_sync::{Allocation, ChainLimits, Genesis, Store};
+use chainmesh_node::config::{Config, genesis_to_toml};
+use chainmesh_proto::{Keypair, PublicKey, Tx, wire};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, noise, tcp, yamux};
+use serde::Serialize;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("node") {
+        let node_args = std::iter::once("chainmesh".to_string()).chain(args[2..].iter().cloned());
+        return chainmesh_node::main_from(node_args);
+    }
+    match run(&args[1..]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct Calibration {
+    stream_mb_s: f64,
+    sled_mb_s: f64,
+    verify_single_per_s: f64,
+    verify_batch_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct SyncResult {
+    workload: String,
+    blocks: u64,
+    mb: f64,
+    peers: usize,
+    seconds: f64,
+    blocks_per_s: f64,
+    mb_per_s: f64,
+    limit_blocks_per_s: f64,
+    limit_from: String,
+    ratio: f64,
+}
+
+struct Workload {
+    name: &'static str,
+    blocks: u64,
+    txs_per_block: u64,
+    peers: &'static [usize],
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or(PathBuf::from("."), PathBuf::from);
+    let started = Instant::now();
+    let stream_bytes: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    eprintln!("calibrating (stream {} MiB)...", stream_bytes >> 20);
+    let cal = Calibration {
+        stream_mb_s: calibrate_stream(stream_bytes)?,
+        sled_mb_s: calibrate_sled(600 * 1024, if quick { 128 << 20 } else { 512 << 20 })?,
+        verify_single_per_s: calibrate_verify(false),
+        verify_batch_per_s: calibrate_verify(true),
+    };
+    eprintln!(
+        "stream {:.0} MB/s, sled {:.0} MB/s, verify {:.0}/s single, {:.0}/s batched",
+        cal.stream_mb_s, cal.sled_mb_s, cal.verify_single_per_s, cal.verify_batch_per_s
+    );
+    let workloads = if quick {
+        vec![
+            Workload { name: "large blocks (~0.6 MB)", blocks: 60, txs_per_block: 4_000, peers: &[1] },
+            Workload { name: "blocks with 2 txs", blocks: 3_000, txs_per_block: 2, peers: &[1, 3] },
+        ]
+    } else {
+        vec![
+            Workload { name: "large blocks (~0.6 MB)", blocks: 1_700, txs_per_block: 4_000, peers: &[1] },
+            Workload { name: "blocks with 2 txs", blocks: 20_000, txs_per_block: 2, peers: &[1, 3] },
+        ]
+    };
+    let mut results = Vec::new();
+    for w in &workloads {
+        for &peers in w.peers {
+            eprintln!("sync: {} x {} from {peers} peer(s)...", w.blocks, w.name);
+            let r = bench_sync(w, peers, &cal)?;
+            eprintln!(
+                "  {:.1} s, {:.0} blocks/s, {:.1} MB/s, L = {:.0} blocks/s ({}), ratio {:.2}",
+                r.seconds, r.blocks_per_s, r.mb_per_s, r.limit_blocks_per_s, r.limit_from, r.ratio
+            );
+            results.push(r);
+        }
+    }
+    write_report(&out, quick, &cal, &results, started.elapsed())?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- calibration
+
+fn calibrate_stream(bytes: u64) -> anyhow::Result<f64> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let proto = StreamProtocol::new("/chainmesh-bench/stream/1");
+        let mk = || -> anyhow::Result<libp2p::Swarm<libp2p_stream::Behaviour>> {
+            Ok(libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+                .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build())
+        };
+        let mut rx = mk()?;
+        let mut tx = mk()?;
+        let mut incoming = rx.behaviour().new_control().accept(proto.clone())?;
+        rx.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = rx.select_next_some().await {
+                break address;
+            }
+        };
+        let rx_id = *rx.local_peer_id();
+        tokio::spawn(async move { loop { rx.select_next_some().await; } });
+        let mut control = tx.behaviour().new_control();
+        tx.dial(addr.with(libp2p::multiaddr::Protocol::P2p(rx_id)))?;
+        tokio::spawn(async move { loop { tx.select_next_some().await; } });
+        let reader = tokio::spawn(async move {
+            let (_, mut s) = incoming.next().await.context("no stream")?;
+            let mut buf = vec![0u8; 1 << 18];
+            let mut got = 0u64;
+            let mut first = None;
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                first.get_or_insert_with(Instant::now);
+                got += n as u64;
+            }
+            anyhow::Ok((got, first.map(|t| t.elapsed())))
+        });
+        let mut s = control
+            .open_stream(rx_id, proto)
+            .await
+            .map_err(|e| anyhow::anyhow!("open stream: {e}"))?;
+        let chunk = vec![0x5au8; 1 << 18];
+        let mut sent = 0u64;
+        while sent < bytes {
+            s.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+        }
+        s.close().await?;
+        let (got, took) = reader.await??;
+        if got != sent {
+            bail!("stream calibration received {got} of {sent} bytes");
+        }
+        let took = took.context("nothing received")?;
+        Ok(got as f64 / 1e6 / took.as_secs_f64())
+    })
+}
+
+fn calibrate_sled(value_size: usize, total: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let tree = db.open_tree("blocks")?;
+    let value: Vec<u8> = (0..value_size).map(|i| (i * 31) as u8).collect();
+    let per_batch = 64;
+    let n = total / value_size;
+    let t = Instant::now();
+    let mut i = 0u64;
+    while (i as usize) < n {
+        let mut b = sled::Batch::default();
+        for _ in 0..per_batch {
+            b.insert(&i.to_be_bytes(), value.as_slice());
+            i += 1;
+        }
+        tree.apply_batch(b)?;
+    }
+    db.flush()?;
+    Ok((i as usize * value_size) as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+fn calibrate_verify(batch: bool) -> f64 {
+    use ed25519_dalek::{Signer, SigningKey, Verifier};
+    let n: usize = 4_096;
+    let keys: Vec<SigningKey> = (0..16).map(|_| SigningKey::generate(&mut rand::rngs::OsRng)).collect();
+    let msgs: Vec<Vec<u8>> = (0..n).map(|i| [b"chainmesh/tx/v1\0".as_slice(), &[0u8; 112], &(i as u64).to_be_bytes()].concat()).collect();
+    let sigs: Vec<_> = msgs.iter().enumerate().map(|(i, m)| keys[i % 16].sign(m)).collect();
+    let vks: Vec<_> = (0..n).map(|i| keys[i % 16].verifying_key()).collect();
+    let t = Instant::now();
+    if batch {
+        for c in 0..n / 64 {
+            let r = c * 64..(c + 1) * 64;
+            let m: Vec<&[u8]> = msgs[r.clone()].iter().map(Vec::as_slice).collect();
+            ed25519_dalek::verify_batch(&m, &sigs[r.clone()], &vks[r]).expect("valid batch");
+        }
+    } else {
+        for i in 0..n {
+            vks[i].verify(&msgs[i], &sigs[i]).expect("valid signature");
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------- sync
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Net {
+    genesis: Genesis,
+    authority: Keypair,
+    alice: Keypair,
+}
+
+fn net(blocks: u64) -> Net {
+    let authority = Keypair::generate();
+    let alice = Keypair::generate();
+    let genesis = Genesis {
+        network_id: "bench".into(),
+        timestamp_ms: (now_ms() - (blocks + 100) * 1000) / 1000 * 1000,
+        block_time_ms: 1000,
+        authorities: vec![authority.public()],
+        allocations: vec![Allocation { address: alice.public(), balance: u64::MAX / 2 }],
+        limits: ChainLimits { max_block_txs: 5_000, max_block_bytes: 4 * 1024 * 1024, min_fee: 1 },
+    };
+    Net { genesis, authority, alice }
+}
+
+/// Builds the chain; returns its total encoded size in bytes and the signatures per block.
+fn build_chain(n: &Net, db: &Path, w: &Workload) -> anyhow::Result<u64> {
+    let mut store = Store::open(db, &n.genesis)?;
+    let chain = n.genesis.hash();
+    let mut nonce = 0;
+    let mut bytes = 0u64;
+    for slot in 1..=w.blocks {
+        let txs: Vec<Tx> = (0..w.txs_per_block)
+            .map(|i| {
+                let to = PublicKey([(i % 250) as u8 + 1; 32]);
+                let t = Tx::transfer(&n.alice, &chain, to, 1, 1, nonce);
+                nonce += 1;
+                t
+            })
+            .collect();
+        let built = store.build_block(&n.authority, slot, txs)?;
+        bytes += wire::encode_block(&built.block).len() as u64;
+        store.import(built.block, now_ms())?;
+    }
+    store.flush()?;
+    Ok(bytes)
+}
+
+fn home(root: &Path, name: &str, n: &Net) -> anyhow::Result<PathBuf> {
+    let h = root.join(name);
+    std::fs::create_dir_all(&h)?;
+    std::fs::write(h.join("genesis.toml"), genesis_to_toml(&n.genesis)?)?;
+    let mut cfg = Config { data_dir: "data".into(), ..Config::default() };
+    cfg.api.listen = "127.0.0.1:0".parse()?;
+    cfg.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    cfg.p2p.redial_secs = 1;
+    std::fs::write(h.join("config.toml"), toml::to_string(&cfg)?)?;
+    Ok(h)
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(h: &Path, extra: &[String]) -> anyhow::Result<(Proc, String)> {
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::create(h.join("node.log"))?;
+    let child = Command::new(exe)
+        .args(["node", "--log-level", "warn,chainmesh_node::p2p=info", "run", "--config"])
+        .arg(h.join("config.toml"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let p = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(h.join("data/api.addr"))
+            && !a.trim().is_empty()
+        {
+            return Ok((p, format!("http://{}", a.trim())));
+        }
+        if Instant::now() > deadline {
+            bail!("node in {} did not start", h.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn p2p_addr(h: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(h.join("data/p2p.addrs"))
+            && let Some(l) = s.lines().next()
+        {
+            return Ok(l.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("no p2p address for {}", h.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status(http: &reqwest::blocking::Client, api: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http.get(format!("{api}/status")).send()?.json()?)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<SyncResult> {
+    let root = tempfile::tempdir()?;
+    let n = net(w.blocks);
+    let src0 = home(root.path(), "src0", &n)?;
+    let t = Instant::now();
+    let bytes = build_chain(&n, &src0.join("data/db"), w)?;
+    eprintln!("  built {} blocks ({:.1} MB) in {:.1} s", w.blocks, bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+    let mut homes = vec![src0.clone()];
+    for i in 1..peers {
+        let h = home(root.path(), &format!("src{i}"), &n)?;
+        copy_dir(&src0.join("data/db"), &h.join("data/db"))?;
+        homes.push(h);
+    }
+    let mut procs = Vec::new();
+    let mut peer_args = Vec::new();
+    for h in &homes {
+        procs.push(start(h, &[])?.0);
+        peer_args.push("--peer".to_string());
+        peer_args.push(p2p_addr(h)?);
+    }
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let dest = home(root.path(), "dest", &n)?;
+    let (dest_proc, api) = start(&dest, &peer_args)?;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(1_800);
+    loop {
+        let s = status(&http, &api)?;
+        if s["height"].as_u64() == Some(w.blocks) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("sync did not finish in 30 minutes (at {})", s["height"]);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    drop(dest_proc);
+    drop(procs);
+    let block_mb = bytes as f64 / 1e6 / w.blocks as f64;
+    let sigs = (w.txs_per_block + 1) as f64;
+    let limits = [
+        (cal.stream_mb_s / block_mb, "libp2p stream"),
+        (cal.sled_mb_s / block_mb, "sled writes"),
+        (cal.verify_batch_per_s / sigs, "ed25519 batch verify"),
+    ];
+    let (l, from) = limits.iter().fold((f64::MAX, ""), |a, b| if b.0 < a.0 { *b } else { a });
+    let bps = w.blocks as f64 / secs;
+    Ok(SyncResult {
+        workload: w.name.to_string(),
+        blocks: w.blocks,
+        mb: bytes as f64 / 1e6,
+        peers,
+        seconds: secs,
+        blocks_per_s: bps,
+        mb_per_s: bytes as f64 / 1e6 / secs,
+        limit_blocks_per_s: l,
+        limit_from: from.to_string(),
+        ratio: bps / l,
+    })
+}
+
+fn write_report(out: &Path, quick: bool, cal: &Calibration, r: &[SyncResult], took: Duration) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mode = if quick { "--quick" } else { "full" };
+    let mut md = format!(
+        "# chainmesh benchmarks\n\nProduced by `cargo run --release -p chainmesh-bench --{}` ({mode} mode, {:.0} s) on this\n\
+         machine. Absolute numbers drift on shared machines; the ratios compare each result with\n\
+         limits measured in the same run.\n\n## Calibration\n\n| measure | result |\n|---|---|\n\
+         | raw libp2p stream, TCP + Noise + Yamux, one stream | {:.0} MB/s |\n\
+         | sled `apply_batch`, 600 KiB values, 64 per batch | {:.0} MB/s |\n\
+         | ed25519 verify, single | {:.0} /s |\n| ed25519 verify, batches of 64 | {:.0} /s |\n\n\
+         ## Sync (real nodes on 127.0.0.1, from an empty store to the source's tip)\n\n\
+         L is the smallest of the calibrated limits expressed in blocks/s for the workload\n\
+         (stream MB/s ÷ block MB, sled MB/s ÷ block MB, batch verifications/s ÷ signatures per block).\n\n\
+         | workload | blocks | MB | peers | seconds | blocks/s | MB/s | L (blocks/s) | L set by | ratio | target |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        if quick { " --quick" } else { "" },
+        took.as_secs_f64(),
+        cal.stream_mb_s,
+        cal.sled_mb_s,
+        cal.verify_single_per_s,
+        cal.verify_batch_per_s
+    );
+    for x in r {
+        md += &format!(
+            "| {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {} | {:.2} | ≥ 0.70 |\n",
+            x.workload, x.blocks, x.mb, x.peers, x.seconds, x.blocks_per_s, x.mb_per_s, x.limit_blocks_per_s, x.limit_from, x.ratio
+        );
+    }
+    std::fs::write(out.join("BENCHMARKS.generated.md"), &md)?;
+    let json = serde_json::json!({ "mode": mode, "calibration": cal, "sync": r });
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    eprintln!("wrote {} and {}", out.join("BENCHMARKS.generated.md").display(), out.join("bench.json").display());
+    println!("{md}");
+    Ok(())
+}
