@@ -3,15 +3,21 @@
 //! - [`status`]: `/chainmesh/<net>/status/1`, the handshake (network, genesis, version,
 //!   tip, serving limits).
 //! - [`sync`]: `/chainmesh/<net>/sync/1`, headers, blocks and transactions on request.
+//! - [`gossip`]: gossipsub for transactions and compact blocks, with our scoring.
+//! - [`pool`]: `/chainmesh/<net>/pool/1`, pull-based mempool sync with permits.
+//! - [`pex`]: `/chainmesh/<net>/pex/1`, peer exchange.
 //! - [`peers`]: scores and bans.
 //! - [`codec`]: size-capped protobuf framing for request-response protocols.
 //! - [`rate_limit`]: per-peer token buckets with a bounded key set.
 //!
-//! Each behaviour is a `request_response::Behaviour` with our codec; the node composes
-//! them with libp2p's identify, ping and connection limits.
+//! Each request-response protocol is a `request_response::Behaviour` with our codec; the
+//! node composes them with gossipsub and libp2p's identify, ping and connection limits.
 
 pub mod codec;
+pub mod gossip;
 pub mod peers;
+pub mod pex;
+pub mod pool;
 pub mod rate_limit;
 pub mod status;
 pub mod sync;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use chainmesh_proto::limits::MAX_BLOCK_BYTES;
+use chainmesh_proto::limits::{MAX_BLOCK_BYTES, MAX_COMPACT_TX_IDS};
 use chainmesh_proto::{Account, Address, Block, Hash, Header, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
@@ -73,8 +73,10 @@ pub enum GenesisError {
     SupplyOverflow,
     #[error("limits.max_block_bytes must be between 1024 and {MAX_BLOCK_BYTES}, got {0}")]
     BlockBytes(u64),
-    #[error("limits.max_block_txs must be at least 1")]
-    BlockTxs,
+    #[error(
+        "limits.max_block_txs must be between 1 and {MAX_COMPACT_TX_IDS} (a compact block announcement carries every id), got {0}"
+    )]
+    BlockTxs(u32),
 }
 
 impl Genesis {
@@ -116,8 +118,8 @@ impl Genesis {
         if !(1024..=MAX_BLOCK_BYTES as u64).contains(&self.limits.max_block_bytes) {
             return Err(GenesisError::BlockBytes(self.limits.max_block_bytes));
         }
-        if self.limits.max_block_txs == 0 {
-            return Err(GenesisError::BlockTxs);
+        if !(1..=MAX_COMPACT_TX_IDS as u32).contains(&self.limits.max_block_txs) {
+            return Err(GenesisError::BlockTxs(self.limits.max_block_txs));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //!   authorities, the genesis block and state).
 //! - [`state`]: account state transitions over an overlay, with an incremental state hash.
 //! - [`rules`]: header and body validation (proof-of-authority slots, signatures, roots).
+//! - [`relay`]: compact block relay: rebuilding announced blocks from the mempool.
 //! - [`store`]: the sled store: blocks, canonical index, accounts, undo records, tip; block
 //!   import with fork choice and reorgs as one atomic write.
 //!
@@ -11,6 +12,7 @@
 //! [`store::ImportOutcome`].
 
 pub mod genesis;
+pub mod relay;
 pub mod rules;
 pub mod state;
 pub mod store;

@@ -67,6 +67,12 @@ pub fn validate_header(
             got: h.slot,
         });
     }
+    validate_header_alone(genesis, h, now_ms)
+}
+
+/// The header rules that need no parent: slot timing, the slot's producer and its
+/// signature. Cheap enough to run on every announcement before any other work.
+pub fn validate_header_alone(genesis: &Genesis, h: &Header, now_ms: u64) -> Result<(), BlockError> {
     let starts = genesis.slot_start(h.slot);
     if starts != Some(h.timestamp_ms) {
         return Err(BlockError::BadTimestamp {

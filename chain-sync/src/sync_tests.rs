@@ -274,7 +274,11 @@ fn a_slow_peer_gets_smaller_requests() {
     let (_e, dest) = open(&n);
     let mut h = Harness::new(&n, dest, SyncConfig::default());
     h.add_peer("dead", &src, Behaviour::Silent);
-    h.run_until(|h| h.syncer.peer_stats(&"dead").is_some_and(|s| s.timeouts >= 2));
+    h.run_until(|h| {
+        h.syncer
+            .peer_stats(&"dead")
+            .is_some_and(|s| s.timeouts >= 2)
+    });
     let s = h.syncer.peer_stats(&"dead").unwrap();
     assert!(s.request_size < 16 && s.in_flight_limit == 1, "{s:?}");
 }

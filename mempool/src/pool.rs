@@ -98,6 +98,10 @@ pub struct Pool {
     by_fee: BTreeSet<FeeKey>,
     bytes: usize,
     next_seq: u64,
+    /// The propagation log: every pending transaction by the sequence number it got when
+    /// it entered. Peers read it with a cursor ([`Pool::log_since`]); an entry that
+    /// changes (re-added after a reorg, replaced) enters again at the end.
+    log: BTreeMap<u64, Hash>,
     journal: Vec<Change>,
 }
 
@@ -112,6 +116,7 @@ impl Pool {
             by_fee: BTreeSet::new(),
             bytes: 0,
             next_seq: 0,
+            log: BTreeMap::new(),
             journal: Vec::new(),
         }
     }
@@ -148,6 +153,45 @@ impl Pool {
     /// Takes the changes since the last call.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.journal)
+    }
+
+    /// Up to `max` ids of pending transactions that entered the log at or after `cursor`,
+    /// in log order, and the cursor to read from next.
+    pub fn log_since(&self, cursor: u64, max: usize) -> (Vec<Hash>, u64) {
+        let mut next = cursor;
+        let ids = self
+            .log
+            .range(cursor..)
+            .take(max)
+            .map(|(seq, id)| {
+                next = seq + 1;
+                *id
+            })
+            .collect();
+        (ids, next)
+    }
+
+    /// For each short id (salted with `block`, see [`chainmesh_proto::short_id`]) the
+    /// pending transaction that has it, if any. Costs one hash per pending transaction.
+    pub fn by_short_ids(&self, block: &Hash, short_ids: &[u64]) -> Vec<Option<Tx>> {
+        let mine: HashMap<u64, &Hash> = self
+            .entries
+            .keys()
+            .map(|id| (chainmesh_proto::short_id(block, id), id))
+            .collect();
+        short_ids
+            .iter()
+            .map(|s| {
+                mine.get(s)
+                    .and_then(|id| self.entries.get(*id))
+                    .map(|e| e.tx.clone())
+            })
+            .collect()
+    }
+
+    /// The cursor after the newest log entry: a reader at it has seen everything.
+    pub fn log_head(&self) -> u64 {
+        self.next_seq
     }
 
     /// Validates `tx` against `state` and the pool, and adds it.
@@ -294,6 +338,7 @@ impl Pool {
             .insert(tx.nonce, id);
         self.by_fee.insert((tx.fee, Reverse(seq), id));
         self.bytes += size;
+        self.log.insert(seq, id);
         self.entries.insert(id, Entry { tx, size, seq });
         self.journal.push(Change::Added(id));
     }
@@ -301,6 +346,7 @@ impl Pool {
     fn remove_entry(&mut self, id: &Hash) -> Option<Tx> {
         let e = self.entries.remove(id)?;
         self.by_fee.remove(&(e.tx.fee, Reverse(e.seq), *id));
+        self.log.remove(&e.seq);
         if let Some(m) = self.by_sender.get_mut(&e.tx.from) {
             m.remove(&e.tx.nonce);
             if m.is_empty() {
@@ -659,6 +705,26 @@ mod tests {
         // Our nonce 0 is gone; nonce 1 still fits (11 <= 40).
         assert_eq!(p.len(), 1);
         assert_eq!(p.best(1)[0].nonce, 1);
+    }
+
+    #[test]
+    fn the_log_serves_entries_in_order_and_moves_changed_ones_to_the_end() {
+        let f = fx(2, 1_000);
+        let mut p = f.pool(PoolConfig::default());
+        let a0 = p.add(f.tx(0, 10, 1, 0), &f.state).unwrap().id;
+        let b0 = p.add(f.tx(1, 10, 1, 0), &f.state).unwrap().id;
+        let a1 = p.add(f.tx(0, 10, 1, 1), &f.state).unwrap().id;
+        let (ids, next) = p.log_since(0, 2);
+        assert_eq!(ids, vec![a0, b0]);
+        let (ids, next) = p.log_since(next, 10);
+        assert_eq!(ids, vec![a1]);
+        assert_eq!(next, p.log_head());
+        assert_eq!(p.log_since(next, 10), (vec![], next));
+        // A replacement enters at the end; the replaced entry leaves the log.
+        let b0r = p.add(f.tx(1, 10, 5, 0), &f.state).unwrap().id;
+        assert_eq!(p.log_since(next, 10).0, vec![b0r]);
+        assert_eq!(p.log_since(0, 10).0, vec![a0, a1, b0r]);
+        let _ = b0;
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::chain::{Command, NodeStatus, SubmitError};
-use crate::p2p::{NetCommand, PeerView, SyncView};
+use crate::p2p::{NetCommand, NetStats, PeerView, SyncView};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -121,6 +121,7 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/peers", get(peers))
+        .route("/net", get(net_stats))
         .route("/blocks/{id}", get(block))
         .route("/accounts/{address}", get(account))
         .route("/txs", axum::routing::post(submit_tx))
@@ -161,6 +162,17 @@ async fn peers(State(st): State<ApiState>) -> ApiResult<Vec<PeerView>> {
             v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
             Ok(Json(v))
         }
+        _ => Err(ApiError::busy()),
+    }
+}
+
+async fn net_stats(State(st): State<ApiState>) -> ApiResult<NetStats> {
+    let (reply, rx) = oneshot::channel();
+    st.net
+        .try_send(NetCommand::Stats(reply))
+        .map_err(|_| ApiError::busy())?;
+    match tokio::time::timeout(st.timeout, rx).await {
+        Ok(Ok(v)) => Ok(Json(v)),
         _ => Err(ApiError::busy()),
     }
 }

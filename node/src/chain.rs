@@ -46,7 +46,39 @@ pub enum Command {
         ids: Vec<Hash>,
         reply: oneshot::Sender<(Vec<Tx>, Vec<Hash>)>,
     },
+    /// Transactions from peers (gossip, pool sync): each added or refused, in order. The
+    /// network spreads them itself, so they raise no [`ChainEvent`].
+    SubmitTxs {
+        txs: Vec<Tx>,
+        reply: oneshot::Sender<Vec<Result<Hash, SubmitError>>>,
+    },
+    /// For a compact block: per short id (salted with `block`), the pool's transaction
+    /// with that short id, if any.
+    PoolByShortIds {
+        block: Hash,
+        short_ids: Vec<u64>,
+        reply: oneshot::Sender<Vec<Option<Tx>>>,
+    },
+    /// Ids of the pool's propagation log from `cursor`, for a peer's permit.
+    PoolLog {
+        cursor: u64,
+        max: usize,
+        reply: oneshot::Sender<(Vec<Hash>, u64)>,
+    },
 }
+
+/// What the chain task tells the network task to spread.
+#[derive(Debug, Clone)]
+pub enum ChainEvent {
+    /// A transaction submitted through the API entered the pool: publish it.
+    NewTx(Tx),
+    /// We produced a block: announce it.
+    Produced(chainmesh_proto::Block),
+}
+
+/// Capacity of the event channel. When it is full an event is dropped: gossip is an
+/// optimisation, and pool sync and block sync deliver what it misses.
+pub const EVENT_QUEUE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -69,6 +101,9 @@ pub struct NodeStatus {
     pub mempool_bytes: usize,
     /// The authority this node produces for, if any.
     pub producer: Option<Address>,
+    /// The pool's log head: peers holding a permit at a lower cursor have news.
+    #[serde(default)]
+    pub pool_head: u64,
     /// Sync progress (filled in by the API from the network task).
     #[serde(default)]
     pub sync: crate::p2p::SyncView,
@@ -96,6 +131,7 @@ pub struct ChainService {
     pool: PersistentPool,
     producer: Option<Keypair>,
     status: watch::Sender<NodeStatus>,
+    events: Option<mpsc::Sender<ChainEvent>>,
 }
 
 impl ChainService {
@@ -115,6 +151,7 @@ impl ChainService {
             mempool_txs: pool.pool().len(),
             mempool_bytes: pool.pool().bytes(),
             producer: producer.as_ref().map(Keypair::public),
+            pool_head: pool.pool().log_head(),
             sync: Default::default(),
         };
         let (tx, rx) = watch::channel(status);
@@ -124,9 +161,24 @@ impl ChainService {
                 pool,
                 producer,
                 status: tx,
+                events: None,
             },
             rx,
         )
+    }
+
+    /// Where to report transactions and blocks for the network to spread.
+    pub fn with_events(mut self, events: mpsc::Sender<ChainEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, e: ChainEvent) {
+        if let Some(tx) = &self.events
+            && let Err(mpsc::error::TrySendError::Full(e)) = tx.try_send(e)
+        {
+            tracing::debug!(event = ?std::mem::discriminant(&e), "network busy: an announcement was dropped");
+        }
     }
 
     fn publish_status(&self) {
@@ -137,6 +189,7 @@ impl ChainService {
             s.tip_slot = tip.slot;
             s.mempool_txs = self.pool.pool().len();
             s.mempool_bytes = self.pool.pool().bytes();
+            s.pool_head = self.pool.pool().log_head();
         });
     }
 
@@ -177,20 +230,34 @@ impl ChainService {
 
     fn handle_batch(&mut self, batch: Vec<Command>) {
         let mut replies = Vec::new();
+        let mut peer_replies = Vec::new();
+        let mut publish = Vec::new();
         let mut wrote = false;
         for cmd in batch {
             match cmd {
                 Command::SubmitTx { tx, reply } => {
-                    let state = PoolState(self.store.account_reader());
-                    let r = match self.pool.add(tx, &state) {
-                        Ok(Ok(added)) => {
-                            wrote = true;
-                            Ok(added.id)
-                        }
-                        Ok(Err(e)) => Err(SubmitError::Rejected(e)),
-                        Err(e) => Err(SubmitError::Storage(e.to_string())),
-                    };
+                    let r = self.add_tx(tx.clone(), &mut wrote);
+                    if r.is_ok() {
+                        publish.push(tx);
+                    }
                     replies.push((reply, r));
+                }
+                Command::SubmitTxs { txs, reply } => {
+                    let r: Vec<_> = txs
+                        .into_iter()
+                        .map(|tx| self.add_tx(tx, &mut wrote))
+                        .collect();
+                    peer_replies.push((reply, r));
+                }
+                Command::PoolByShortIds {
+                    block,
+                    short_ids,
+                    reply,
+                } => {
+                    let _ = reply.send(self.pool.pool().by_short_ids(&block, &short_ids));
+                }
+                Command::PoolLog { cursor, max, reply } => {
+                    let _ = reply.send(self.pool.pool().log_since(cursor, max));
                 }
                 Command::PendingTx { id, reply } => {
                     let _ = reply.send(self.pool.pool().get(&id).cloned());
@@ -222,12 +289,38 @@ impl ChainService {
             for (reply, _) in replies {
                 let _ = reply.send(Err(SubmitError::Storage(e.to_string())));
             }
+            for (reply, r) in peer_replies {
+                let failed = r
+                    .iter()
+                    .map(|_| Err(SubmitError::Storage(e.to_string())))
+                    .collect();
+                let _ = reply.send(failed);
+            }
             return;
         }
         for (reply, r) in replies {
             let _ = reply.send(r);
         }
+        for (reply, r) in peer_replies {
+            let _ = reply.send(r);
+        }
+        // Spread only what is durable.
+        for tx in publish {
+            self.emit(ChainEvent::NewTx(tx));
+        }
         self.publish_status();
+    }
+
+    fn add_tx(&mut self, tx: Tx, wrote: &mut bool) -> Result<Hash, SubmitError> {
+        let state = PoolState(self.store.account_reader());
+        match self.pool.add(tx, &state) {
+            Ok(Ok(added)) => {
+                *wrote = true;
+                Ok(added.id)
+            }
+            Ok(Err(e)) => Err(SubmitError::Rejected(e)),
+            Err(e) => Err(SubmitError::Storage(e.to_string())),
+        }
     }
 
     fn on_slot(&mut self) {
@@ -262,8 +355,10 @@ impl ChainService {
         }
         let txs = built.block.txs.len();
         let hash = built.block.hash();
+        let block = built.block.clone();
         if let ImportOutcome::NewTip { tip, .. } = self.import_block(built.block)? {
             tracing::info!(height = tip.height, slot, txs, hash = %hash, "produced block");
+            self.emit(ChainEvent::Produced(block));
         }
         Ok(())
     }

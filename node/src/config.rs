@@ -46,6 +46,14 @@ pub struct P2pConfig {
     pub sync_requests_per_second: u32,
     /// Most blocks per sync request we serve (advertised in our status).
     pub sync_max_blocks: u32,
+    /// Take part in gossip (transactions and compact blocks). Without it the node still
+    /// gets the mempool through `pool` and blocks through sync.
+    pub gossip: bool,
+    /// Peers kept at most; a peer beyond it gets addresses of others (pex) and is then
+    /// disconnected. The hard limits above still apply.
+    pub max_peers: u32,
+    /// Below this many peers the node dials addresses it knows and asks peers for more.
+    pub target_peers: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +120,9 @@ impl Default for P2pConfig {
             ban_secs: 600,
             sync_requests_per_second: 50,
             sync_max_blocks: 256,
+            gossip: true,
+            max_peers: 50,
+            target_peers: 8,
         }
     }
 }
@@ -208,6 +219,12 @@ impl Config {
                 "p2p.max_connections, max_per_peer, sync_max_blocks and sync_requests_per_second must be at least 1"
             );
         }
+        if p.max_peers == 0 || p.max_peers > p.max_connections {
+            bail!("p2p.max_peers must be between 1 and p2p.max_connections");
+        }
+        if p.target_peers > p.max_peers {
+            bail!("p2p.target_peers must not exceed p2p.max_peers");
+        }
         if p.status_interval_secs == 0 || p.redial_secs == 0 || p.request_timeout_secs == 0 {
             bail!(
                 "p2p.status_interval_secs, redial_secs and request_timeout_secs must be at least 1"
@@ -303,7 +320,17 @@ ban_secs = {ban}
 # What we serve one peer, advertised in our status so peers throttle themselves.
 sync_requests_per_second = {rps}
 sync_max_blocks = {max_blocks}
+# Gossip of transactions and compact blocks (gossipsub). The mempool also syncs by pull
+# (`pool` protocol) either way.
+gossip = {gossip}
+# Peers kept at most: a peer beyond it is given addresses of others, then disconnected.
+max_peers = {max_peers}
+# Below this many peers, dial known addresses (kept in the database) and ask peers for more.
+target_peers = {target_peers}
 "#,
+        gossip = p.gossip,
+        max_peers = p.max_peers,
+        target_peers = p.target_peers,
         listen = list(p2p_listen),
         max_conn = p.max_connections,
         max_in = p.max_inbound,

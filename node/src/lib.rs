@@ -424,6 +424,8 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
     let reader = store.reader();
     let db = store.db().clone();
     let (svc, status) = ChainService::new(store, pool, producer);
+    let (events_tx, events_rx) = mpsc::channel(chain::EVENT_QUEUE);
+    let svc = svc.with_events(events_tx);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let chain_thread =
         std::thread::Builder::new()
@@ -447,6 +449,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
                 reader: reader.clone(),
                 status: status.clone(),
                 chain: cmd_tx.clone(),
+                events: events_rx,
             },
             Vec::new(),
         )?;

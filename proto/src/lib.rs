@@ -16,7 +16,10 @@ pub mod types;
 pub mod wire;
 
 pub use crypto::Keypair;
-pub use types::{Account, Address, Block, Hash, Header, PublicKey, Signature, Tx, TxError};
+pub use types::{
+    Account, Address, Block, CompactBlock, Hash, Header, PublicKey, Signature, Tx, TxError,
+    short_id,
+};
 
 /// Generated protobuf messages, nested as their protobuf packages so that cross-file
 /// references (`chainmesh.chain.v1.Block` inside `net.proto`) resolve.

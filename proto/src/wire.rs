@@ -4,9 +4,10 @@
 
 use prost::Message;
 
-use crate::limits::{MAX_BLOCK_BYTES, MAX_TX_BYTES};
+use crate::limits::{MAX_BLOCK_BYTES, MAX_COMPACT_BLOCK_BYTES, MAX_COMPACT_TX_IDS, MAX_TX_BYTES};
 use crate::pb_chain as pb;
-use crate::types::{Block, Hash, Header, PublicKey, Signature, Tx};
+use crate::pb_net;
+use crate::types::{Block, CompactBlock, Hash, Header, PublicKey, Signature, Tx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -160,6 +161,51 @@ pub fn decode_tx(bytes: &[u8]) -> Result<Tx, WireError> {
     decode_capped::<pb::Tx>(bytes, MAX_TX_BYTES)?.try_into()
 }
 
+impl From<&CompactBlock> for pb_net::CompactBlock {
+    fn from(c: &CompactBlock) -> Self {
+        pb_net::CompactBlock {
+            header: Some((&c.header).into()),
+            short_ids: c.short_ids.iter().flat_map(|s| s.to_be_bytes()).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb_net::CompactBlock> for CompactBlock {
+    type Error = WireError;
+    fn try_from(c: pb_net::CompactBlock) -> Result<Self, WireError> {
+        if !c.short_ids.len().is_multiple_of(8) || c.short_ids.len() / 8 > MAX_COMPACT_TX_IDS {
+            return Err(WireError::BadLength {
+                field: "compact_block.short_ids",
+                expected: MAX_COMPACT_TX_IDS * 8,
+                got: c.short_ids.len(),
+            });
+        }
+        Ok(CompactBlock {
+            header: c
+                .header
+                .ok_or(WireError::Missing("compact_block.header"))?
+                .try_into()?,
+            short_ids: c
+                .short_ids
+                .chunks_exact(8)
+                .map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    u64::from_be_bytes(a)
+                })
+                .collect(),
+        })
+    }
+}
+
+pub fn encode_compact_block(c: &CompactBlock) -> Vec<u8> {
+    pb_net::CompactBlock::from(c).encode_to_vec()
+}
+
+pub fn decode_compact_block(bytes: &[u8]) -> Result<CompactBlock, WireError> {
+    decode_capped::<pb_net::CompactBlock>(bytes, MAX_COMPACT_BLOCK_BYTES)?.try_into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +266,40 @@ mod tests {
         // Truncated block bytes.
         let bytes = encode_block(&sample_block());
         assert!(decode_block(&bytes[..bytes.len() - 10]).is_err());
+    }
+
+    #[test]
+    fn compact_blocks_round_trip_and_are_capped() {
+        use crate::types::CompactBlock;
+        let k = Keypair::generate();
+        let chain = Hash::digest(b"net");
+        let txs: Vec<Tx> = (0..3)
+            .map(|n| Tx::transfer(&k, &chain, PublicKey([1; 32]), 1, 1, n))
+            .collect();
+        let mut header = Header {
+            parent: Hash::ZERO,
+            height: 1,
+            slot: 1,
+            timestamp_ms: 0,
+            tx_root: Block::tx_root(&txs),
+            state_root: Hash::ZERO,
+            producer: k.public(),
+            signature: Signature([0; 64]),
+        };
+        header.sign(&k);
+        let cb = CompactBlock::of(&Block { header, txs });
+        let bytes = encode_compact_block(&cb);
+        assert_eq!(decode_compact_block(&bytes).unwrap(), cb);
+        let ragged = pb_net::CompactBlock {
+            header: Some((&cb.header).into()),
+            short_ids: vec![0; 12],
+        };
+        assert!(decode_compact_block(&ragged.encode_to_vec()).is_err());
+        let too_many = pb_net::CompactBlock {
+            header: Some((&cb.header).into()),
+            short_ids: vec![0; (MAX_COMPACT_TX_IDS + 1) * 8],
+        };
+        assert!(decode_compact_block(&too_many.encode_to_vec()).is_err());
+        assert!(decode_compact_block(&vec![0u8; MAX_COMPACT_BLOCK_BYTES + 1]).is_err());
     }
 }

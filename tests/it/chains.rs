@@ -30,10 +30,18 @@ impl TestNet {
     }
 
     pub fn with_authorities(network_id: &str, past_slots: u64, n: usize) -> TestNet {
+        Self::with_block_time(network_id, past_slots, n, 1_000)
+    }
+
+    pub fn with_block_time(
+        network_id: &str,
+        past_slots: u64,
+        n: usize,
+        block_time_ms: u64,
+    ) -> TestNet {
         let authorities: Vec<Keypair> = (0..n).map(|_| Keypair::generate()).collect();
         let authority = authorities[0].clone();
         let alice = Keypair::generate();
-        let block_time_ms = 1_000;
         let genesis = Genesis {
             network_id: network_id.into(),
             timestamp_ms: (now_ms() - (past_slots + 60) * block_time_ms) / 1000 * 1000,

@@ -207,6 +207,21 @@ impl Node {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// SIGTERM, then waits for the node to shut down cleanly.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

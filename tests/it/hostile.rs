@@ -19,14 +19,14 @@ use libp2p::{Multiaddr, StreamProtocol, Swarm, identity, noise, tcp, yamux};
 use crate::chains::{TestNet, copy_dir};
 use crate::common::Node;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-fn attacker<B: NetworkBehaviour>(b: impl FnOnce(&identity::Keypair) -> B) -> Swarm<B> {
+pub fn attacker<B: NetworkBehaviour>(b: impl FnOnce(&identity::Keypair) -> B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(

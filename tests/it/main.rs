@@ -6,5 +6,6 @@ mod common;
 mod crash;
 mod dev_node;
 mod forks;
+mod gossip;
 mod hostile;
 mod sync;

@@ -159,13 +159,18 @@ fn a_node_of_another_genesis_is_refused_and_stays_banned() {
 fn nodes_sync_over_quic() {
     let root = tempfile::tempdir().unwrap();
     let net = TestNet::new("synctest", 300);
-    let quic = |c: &mut chainmesh_node::config::Config| c.p2p.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()];
+    let quic = |c: &mut chainmesh_node::config::Config| {
+        c.p2p.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()]
+    };
     let src_home = net.node_home_with(&root.path().join("src"), None, quic);
     net.build_chain(&src_home, 200, 1);
     let src = Node::start_run(&src_home, &[]);
     let addrs = std::fs::read_to_string(src_home.join("data/p2p.addrs")).unwrap_or_default();
     let addr = {
-        let mut a = addrs.lines().find(|l| l.contains("/quic-v1/")).map(str::to_string);
+        let mut a = addrs
+            .lines()
+            .find(|l| l.contains("/quic-v1/"))
+            .map(str::to_string);
         wait_until(15, "a QUIC listen address", || {
             a = std::fs::read_to_string(src_home.join("data/p2p.addrs"))
                 .unwrap_or_default()
@@ -180,5 +185,10 @@ fn nodes_sync_over_quic() {
     let dest = Node::start_run(&dest_home, &["--peer".into(), addr]);
     let target = src.status()["tip"].clone();
     wait_until(60, "sync over QUIC", || dest.status()["tip"] == target);
-    assert!(dest.peers()[0]["address"].as_str().unwrap().contains("/quic-v1"));
+    assert!(
+        dest.peers()[0]["address"]
+            .as_str()
+            .unwrap()
+            .contains("/quic-v1")
+    );
 }

@@ -23,6 +23,9 @@ pub enum Fault {
     RateExceeded,
     /// Another network, genesis or an unsupported version.
     Incompatible,
+    /// A gossip message no honest node would forward (invalid transaction or block,
+    /// undecodable payload). Gossipsub scores it too; this makes repeat offenders leave.
+    InvalidMessage,
 }
 
 impl Fault {
@@ -34,6 +37,7 @@ impl Fault {
             Fault::BadData => 40.0,
             Fault::Invalid => 100.0,
             Fault::Incompatible => 1_000.0,
+            Fault::InvalidMessage => 20.0,
         }
     }
 }

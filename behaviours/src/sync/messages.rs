@@ -30,6 +30,11 @@ pub enum Request {
     GetTxs {
         ids: Vec<Hash>,
     },
+    /// Transactions of a block by position (completing a compact block).
+    GetBlockTxs {
+        block: Hash,
+        indexes: Vec<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,12 @@ impl Request {
             Request::GetTxs { ids } => sync_request::Request::GetTxs(pb_net::GetTxs {
                 ids: ids.iter().map(|h| h.0.to_vec()).collect(),
             }),
+            Request::GetBlockTxs { block, indexes } => {
+                sync_request::Request::GetBlockTxs(pb_net::GetBlockTxs {
+                    block: block.0.to_vec(),
+                    indexes: indexes.clone(),
+                })
+            }
         };
         pb_net::SyncRequest {
             request: Some(request),
@@ -120,6 +131,19 @@ impl Request {
             sync_request::Request::GetTxs(g) => Ok(Request::GetTxs {
                 ids: hashes("get_txs.ids", g.ids, MAX_TXS_PER_REQUEST)?,
             }),
+            sync_request::Request::GetBlockTxs(g) => {
+                if g.indexes.len() > MAX_TXS_PER_REQUEST {
+                    return Err(too_many(
+                        "get_block_txs.indexes",
+                        g.indexes.len(),
+                        MAX_TXS_PER_REQUEST,
+                    ));
+                }
+                Ok(Request::GetBlockTxs {
+                    block: hash_field("get_block_txs.block", &g.block)?,
+                    indexes: g.indexes,
+                })
+            }
         }
     }
 
@@ -130,6 +154,7 @@ impl Request {
             Request::GetBlockRange { count, .. } => *count,
             Request::GetBlocks { hashes } => hashes.len() as u32,
             Request::GetTxs { ids } => (ids.len() as u32).div_ceil(64).max(1),
+            Request::GetBlockTxs { indexes, .. } => (indexes.len() as u32).div_ceil(64).max(1),
         }
     }
 }

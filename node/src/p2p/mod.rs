@@ -10,7 +10,16 @@
 //!   the chain task in order; its tip changes come back through the status channel.
 //! - Faults lower a peer's score; low scores disconnect, very low ones ban (persisted in
 //!   the `peers` tree, restored at start, enforced by the block list on redial).
+//! - Gossip ([`gossip`]), pull-based mempool sync ([`pool_sync`]) and peer exchange with
+//!   the address book ([`pex`], [`addr_book`]) each live in their own module.
+//!
+//! Work that must wait (the chain task, the store) runs in spawned tasks whose answers
+//! come back on one bounded channel as [`Internal`] messages.
 
+mod addr_book;
+mod gossip;
+mod pex;
+mod pool_sync;
 pub mod serve;
 pub mod swarm;
 
@@ -25,13 +34,16 @@ use chainmesh_behaviours::status::{ChainStatus, PROTOCOL_VERSION, ServeLimit, ch
 use chainmesh_behaviours::sync::{Request, Response};
 use chainmesh_behaviours::{Quota, RateLimiter};
 use chainmesh_chain_sync::Genesis;
+use chainmesh_chain_sync::relay::{CompactRelay, RelayConfig};
 use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_chain_sync::sync::{
     Action, ImportResult, RequestId, SyncConfig, SyncFault, Syncer, Want,
 };
-use chainmesh_proto::{Hash, pb_net};
+use chainmesh_mempool::{PullConfig, PullSync};
+use chainmesh_proto::{Hash, Tx, pb_net};
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::MessageId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
@@ -39,8 +51,10 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::{Command, NodeStatus, now_ms};
+use crate::chain::{ChainEvent, Command, NodeStatus, SubmitError, now_ms};
 use crate::config::P2pConfig;
+use addr_book::AddrBook;
+use prost::Message as _;
 use swarm::{Behaviour, BehaviourEvent};
 
 /// Sync progress as `/status` shows it.
@@ -71,10 +85,54 @@ pub struct PeerView {
     /// Blocks per request and requests in flight the syncer currently allows this peer.
     pub request_size: usize,
     pub in_flight_limit: usize,
+    /// The peer's gossipsub score as we see it (None: gossip off or no score yet).
+    pub gossip_score: Option<f64>,
+}
+
+/// Counters of the network task, as `GET /net` shows them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetStats {
+    pub peers: usize,
+    pub tx_published: u64,
+    pub tx_received: u64,
+    pub tx_accepted: u64,
+    pub tx_rejected: u64,
+    pub tx_ignored: u64,
+    pub blocks_published: u64,
+    pub blocks_received: u64,
+    pub blocks_accepted: u64,
+    pub blocks_rejected: u64,
+    pub blocks_ignored: u64,
+    /// Compact relay: announcements rebuilt from the pool alone, with some fetched
+    /// transactions, or fetched whole.
+    pub relay_from_pool: u64,
+    pub relay_with_fetched_txs: u64,
+    pub relay_txs_fetched: u64,
+    pub relay_full_fetches: u64,
+    pub relay_dropped: u64,
+    /// Bytes of compact announcements received (first copies, as gossip hands them on).
+    pub announcement_bytes: u64,
+    /// Bytes of transactions and blocks fetched to complete announcements.
+    pub fetched_bytes: u64,
+    /// Encoded size of the blocks rebuilt from announcements.
+    pub block_bytes: u64,
+    pub permits_sent: u64,
+    pub permits_served: u64,
+    pub pool_entries_received: u64,
+    pub pool_entries_served: u64,
+    pub pool_txs_fetched: u64,
+    pub pool_txs_added: u64,
+    pub known_addresses: usize,
+    pub confirmed_addresses: usize,
+    pub pex_requests_sent: u64,
+    pub pex_requests_served: u64,
+    pub pex_records_received: u64,
+    pub pex_dials: u64,
 }
 
 pub enum NetCommand {
     Peers(oneshot::Sender<Vec<PeerView>>),
+    Stats(oneshot::Sender<NetStats>),
 }
 
 pub struct NetworkHandle {
@@ -90,6 +148,8 @@ pub struct NetworkParams {
     pub reader: StoreReader,
     pub status: watch::Receiver<NodeStatus>,
     pub chain: mpsc::Sender<Command>,
+    /// What the chain task asks us to spread.
+    pub events: mpsc::Receiver<ChainEvent>,
 }
 
 /// Most sync requests served at once (each holds a response of up to 8 MiB).
@@ -104,17 +164,61 @@ struct PeerEntry {
     status: Option<ChainStatus>,
     /// Token bucket for our requests to this peer, at the rate it advertised.
     out_quota: Option<RateLimiter<()>>,
+    /// Set for a peer beyond `max_peers`: it may ask for addresses until then.
+    surplus_until: Option<Instant>,
+}
+
+/// Why we sent a sync-protocol request, so that its answer finds its way back.
+enum Outbound {
+    Sync(RequestId),
+    RelayTxs(Hash),
+    RelayBlock(Hash),
+    PullTxs { asked: Vec<Hash> },
 }
 
 struct Deferred {
     peer: PeerId,
-    id: RequestId,
-    want: Want,
+    req: Request,
+    tag: Outbound,
 }
+
+/// Answers of work spawned off the event loop.
+enum Internal {
+    GossipTxs {
+        tags: Vec<(MessageId, PeerId)>,
+        results: Option<Vec<Result<Hash, SubmitError>>>,
+    },
+    RelayPool {
+        block: Hash,
+        found: Vec<Option<Tx>>,
+    },
+    RelayImported {
+        block: Hash,
+        result: Result<(), bool>,
+    },
+    PoolLog {
+        channel: ResponseChannel<pb_net::PoolEntries>,
+        ids: Vec<Hash>,
+        next: u64,
+    },
+    PullMissing {
+        peer: PeerId,
+        asked: Vec<Hash>,
+        missing: Option<Vec<Hash>>,
+    },
+    PullAdded {
+        peer: PeerId,
+        asked: Vec<Hash>,
+        results: Vec<Result<Hash, SubmitError>>,
+    },
+}
+
+const INTERNAL_QUEUE: usize = 1024;
 
 struct Net {
     swarm: Swarm<Behaviour>,
     cfg: P2pConfig,
+    genesis: Genesis,
     genesis_hash: Hash,
     network_id: String,
     status: watch::Receiver<NodeStatus>,
@@ -123,8 +227,21 @@ struct Net {
     syncer: Syncer<PeerId>,
     scores: PeerScores<PeerId>,
     peers: HashMap<PeerId, PeerEntry>,
-    outbound: HashMap<OutboundRequestId, RequestId>,
+    outbound: HashMap<OutboundRequestId, Outbound>,
     deferred: VecDeque<Deferred>,
+    relay: CompactRelay<PeerId, gossip::RelayTag>,
+    pull: PullSync<PeerId>,
+    permits_out: HashMap<OutboundRequestId, u32>,
+    held: HashMap<PeerId, pool_sync::Held>,
+    gossip_txs: Vec<(MessageId, PeerId, Tx)>,
+    validating: usize,
+    internal_tx: mpsc::Sender<Internal>,
+    stats: NetStats,
+    book: AddrBook,
+    dialing: HashMap<PeerId, Instant>,
+    last_pex_ask: Option<Instant>,
+    pex_limiter: RateLimiter<PeerId>,
+    last_tend: Instant,
     limiter: RateLimiter<PeerId>,
     serving: usize,
     served_tx: mpsc::Sender<(ResponseChannel<pb_net::SyncResponse>, Response)>,
@@ -154,6 +271,7 @@ fn fault_of(f: SyncFault) -> Fault {
 pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Result<NetworkHandle> {
     let key = swarm::load_or_create_identity(&p.data_dir)?;
     let mut swarm = swarm::build(key, &p.genesis.network_id, &p.cfg)?;
+    let book = AddrBook::open(p.db.open_tree("addrs")?, ADDR_BOOK_SIZE)?;
     for a in &p.cfg.listen {
         let addr: Multiaddr = a
             .parse()
@@ -208,10 +326,12 @@ pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Resul
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (served_tx, served_rx) = mpsc::channel(MAX_SERVING * 2);
     let (import_tx, import_rx) = mpsc::channel(4);
+    let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
     let (sync_tx, sync_rx) = watch::channel(SyncView::default());
     let rps = p.cfg.sync_requests_per_second;
-    let net = Net {
+    let mut net = Net {
         swarm,
+        genesis: p.genesis.clone(),
         genesis_hash: tip.genesis,
         network_id: p.genesis.network_id.clone(),
         status: p.status,
@@ -222,6 +342,20 @@ pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Resul
         peers: HashMap::new(),
         outbound: HashMap::new(),
         deferred: VecDeque::new(),
+        relay: CompactRelay::new(RelayConfig::default()),
+        pull: PullSync::new(PullConfig::default()),
+        permits_out: HashMap::new(),
+        held: HashMap::new(),
+        gossip_txs: Vec::new(),
+        validating: 0,
+        internal_tx,
+        stats: NetStats::default(),
+        book,
+        dialing: HashMap::new(),
+        last_pex_ask: None,
+        // A peer asks for addresses now and then; once a second is plenty.
+        pex_limiter: RateLimiter::new(Quota::new(1, 3), p.cfg.max_connections as usize * 2),
+        last_tend: Instant::now(),
         limiter: RateLimiter::new(
             Quota::new(rps, rps.saturating_mul(2)),
             p.cfg.max_connections as usize * 2,
@@ -242,7 +376,8 @@ pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Resul
         addrs_file: p.data_dir.join("p2p.addrs"),
         cfg: p.cfg,
     };
-    tokio::spawn(net.run(cmd_rx, served_rx, import_rx));
+    net.subscribe_gossip();
+    tokio::spawn(net.run(cmd_rx, served_rx, import_rx, p.events, internal_rx));
     Ok(NetworkHandle {
         commands: cmd_tx,
         sync: sync_rx,
@@ -255,6 +390,8 @@ impl Net {
         mut commands: mpsc::Receiver<NetCommand>,
         mut served: mpsc::Receiver<(ResponseChannel<pb_net::SyncResponse>, Response)>,
         mut imports: mpsc::Receiver<ImportResult>,
+        mut events: mpsc::Receiver<ChainEvent>,
+        mut internal: mpsc::Receiver<Internal>,
     ) {
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "p2p started");
         self.redial();
@@ -278,16 +415,75 @@ impl Net {
                         break;
                     }
                     self.on_local_tip();
+                    self.service_held_permits();
                 }
+                Some(e) = events.recv() => self.on_chain_event(e),
+                Some(m) = internal.recv() => self.on_internal(m),
                 cmd = commands.recv() => match cmd {
                     Some(NetCommand::Peers(reply)) => { let _ = reply.send(self.peer_views()); }
+                    Some(NetCommand::Stats(reply)) => { let _ = reply.send(self.net_stats()); }
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick(),
             }
             self.drive_syncer();
+            self.flush_gossip_txs();
+            self.drive_relay();
+            self.grant_permits();
+            self.send_deferred();
         }
         tracing::info!("p2p stopped");
+    }
+
+    fn on_internal(&mut self, m: Internal) {
+        let now = now_ms();
+        match m {
+            Internal::GossipTxs { tags, results } => self.on_gossip_tx_results(tags, results),
+            Internal::RelayPool { block, found } => self.relay.on_pool(&block, found, now),
+            Internal::RelayImported { block, result } => self.relay.on_imported(&block, result),
+            Internal::PoolLog { channel, ids, next } => self.on_pool_log(channel, ids, next),
+            Internal::PullMissing {
+                peer,
+                asked,
+                missing,
+            } => self.on_pull_missing(peer, asked, missing),
+            Internal::PullAdded {
+                peer,
+                asked,
+                results,
+            } => self.on_pull_added(peer, asked, results),
+        }
+    }
+
+    fn net_stats(&self) -> NetStats {
+        let r = self.relay.stats();
+        NetStats {
+            peers: self.peer_count(),
+            relay_from_pool: r.from_pool,
+            relay_with_fetched_txs: r.with_fetched_txs,
+            relay_txs_fetched: r.txs_fetched,
+            relay_full_fetches: r.full_fetches,
+            relay_dropped: r.dropped,
+            known_addresses: self.book.len(),
+            confirmed_addresses: self.book.confirmed(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Queues a sync-protocol request; it leaves as the peer's advertised rate allows.
+    fn request(&mut self, peer: PeerId, req: Request, tag: Outbound) {
+        self.deferred.push_back(Deferred { peer, req, tag });
+    }
+
+    /// A request that will get no answer: tell whoever waits for it.
+    fn fail_outbound(&mut self, peer: PeerId, tag: Outbound, timed_out: bool) {
+        let now = now_ms();
+        match tag {
+            Outbound::Sync(id) => self.syncer.on_failure(id, timed_out, now),
+            Outbound::RelayTxs(block) => self.on_relay_txs(block, None),
+            Outbound::RelayBlock(block) => self.on_relay_block(block, None),
+            Outbound::PullTxs { asked } => self.on_pull_txs(peer, asked, None),
+        }
     }
 
     fn our_status(&self) -> ChainStatus {
@@ -358,8 +554,21 @@ impl Net {
                 {
                     self.bootstrap_peers.insert(b.clone(), peer_id);
                 }
+                if !inbound {
+                    // We dialled it and it answered: an address worth keeping and sharing.
+                    self.dialing.remove(&peer_id);
+                    if !is_relayed(&address) {
+                        self.book.confirm(peer_id, without_p2p(&address), now_ms());
+                    }
+                }
                 if num_established.get() == 1 {
                     tracing::debug!(peer = %peer_id, %address, inbound, "connected");
+                    let surplus_until = (inbound
+                        && self.peer_count() >= self.cfg.max_peers as usize)
+                        .then(|| {
+                            tracing::info!(peer = %peer_id, limit = self.cfg.max_peers, "at the peer limit: the new peer may ask for addresses, then goes");
+                            Instant::now() + pex::SURPLUS_GRACE
+                        });
                     self.peers.insert(
                         peer_id,
                         PeerEntry {
@@ -369,6 +578,7 @@ impl Net {
                             rtt: None,
                             status: None,
                             out_quota: None,
+                            surplus_until,
                         },
                     );
                     self.send_status(&peer_id);
@@ -384,6 +594,10 @@ impl Net {
                 self.peers.remove(&peer_id);
                 self.syncer.peer_gone(&peer_id, now_ms());
                 self.limiter.remove(&peer_id);
+                self.pex_limiter.remove(&peer_id);
+                self.relay.peer_gone(&peer_id);
+                self.pull.remove_peer(&peer_id);
+                self.held.remove(&peer_id);
             }
             SwarmEvent::IncomingConnectionError {
                 peer_id,
@@ -402,6 +616,11 @@ impl Net {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let Some(p) = peer_id
+                    && self.dialing.remove(&p).is_some()
+                {
+                    self.book.dial_failed(&p, now_ms());
+                }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             _ => {}
@@ -429,6 +648,9 @@ impl Net {
             }
             BehaviourEvent::Status(ev) => self.on_status_event(ev),
             BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
+            BehaviourEvent::Gossip(ev) => self.on_gossip_event(ev),
+            BehaviourEvent::Pool(ev) => self.on_pool_event(ev),
+            BehaviourEvent::Pex(ev) => self.on_pex_event(ev),
             _ => {}
         }
     }
@@ -469,10 +691,10 @@ impl Net {
                 self.on_peer_status(peer, response);
             }
             Event::InboundFailure { peer, error, .. } => {
-                self.on_stream_failure(peer, "status", &error.to_string(), is_garbage_in(&error))
+                self.on_inbound_failure(peer, "status", &error)
             }
             Event::OutboundFailure { peer, error, .. } => {
-                self.on_stream_failure(peer, "status", &error.to_string(), is_garbage_out(&error))
+                self.on_outbound_failure(peer, "status", &error)
             }
             Event::ResponseSent { .. } => {}
         }
@@ -498,16 +720,29 @@ impl Net {
             .map_or(self.cfg.sync_max_blocks, |l| l.max_items_per_request);
         let rps = theirs.limit_for("sync").map(|l| l.requests_per_second);
         let (height, hash) = (theirs.best_height, theirs.best_hash);
+        let mut joined = false;
+        let mut surplus = false;
         if let Some(p) = self.peers.get_mut(&peer) {
-            if p.status.is_none() {
+            if p.status.is_none() && p.surplus_until.is_none() {
                 tracing::info!(peer = %peer, height, agent = %theirs.agent, rtt_ms = ?p.rtt.map(|r| r.as_millis()), "peer joined");
+                joined = true;
             }
+            surplus = p.surplus_until.is_some();
             p.status = Some(theirs);
             // Keep 20% headroom under what the peer enforces.
             p.out_quota = rps.map(|r| {
                 let r = (r.saturating_mul(4) / 5).max(1);
                 RateLimiter::new(Quota::new(r, r), 1)
             });
+        }
+        if surplus {
+            return;
+        }
+        if joined {
+            self.pull.add_peer(peer);
+            if self.peer_count() < self.cfg.target_peers as usize {
+                self.ask_for_peers(&peer);
+            }
         }
         self.syncer
             .peer_status(peer, height, hash, max_items, now_ms());
@@ -535,8 +770,12 @@ impl Net {
                     },
                 ..
             } => {
-                let Some(id) = self.outbound.remove(&request_id) else {
+                let Some(tag) = self.outbound.remove(&request_id) else {
                     return;
+                };
+                let id = match tag {
+                    Outbound::Sync(id) => id,
+                    tag => return self.on_other_response(peer, tag, response),
                 };
                 let now = now_ms();
                 match Response::from_pb(response) {
@@ -570,16 +809,48 @@ impl Net {
                 error,
                 ..
             } => {
-                if let Some(id) = self.outbound.remove(&request_id) {
+                if let Some(tag) = self.outbound.remove(&request_id) {
                     let timed_out = matches!(error, request_response::OutboundFailure::Timeout);
-                    self.syncer.on_failure(id, timed_out, now_ms());
+                    self.fail_outbound(peer, tag, timed_out);
                 }
-                self.on_stream_failure(peer, "sync", &error.to_string(), is_garbage_out(&error));
+                self.on_outbound_failure(peer, "sync", &error);
             }
             Event::InboundFailure { peer, error, .. } => {
-                self.on_stream_failure(peer, "sync", &error.to_string(), is_garbage_in(&error));
+                self.on_inbound_failure(peer, "sync", &error);
             }
             Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Answers to requests made for the relay and pool sync.
+    fn on_other_response(&mut self, peer: PeerId, tag: Outbound, response: pb_net::SyncResponse) {
+        let bytes = response.encoded_len();
+        match (tag, Response::from_pb(response)) {
+            (Outbound::RelayTxs(block), Ok(Response::Txs { txs, .. })) => {
+                self.on_relay_txs(block, Some((txs, bytes)))
+            }
+            (Outbound::RelayBlock(block), Ok(Response::Blocks(mut b))) if b.len() <= 1 => {
+                self.on_relay_block(block, b.pop().map(|b| (b, bytes)))
+            }
+            (Outbound::PullTxs { asked }, Ok(Response::Txs { txs, .. })) => {
+                self.on_pull_txs(peer, asked, Some(txs))
+            }
+            (tag, Ok(Response::Error(e))) => {
+                tracing::debug!(peer = %peer, error = ?e, "peer declined a request");
+                self.fail_outbound(peer, tag, false);
+            }
+            (tag, Ok(_)) => {
+                self.fail_outbound(peer, tag, false);
+                self.fault(peer, Fault::BadData, "an answer of the wrong kind".into());
+            }
+            (tag, Err(e)) => {
+                self.fail_outbound(peer, tag, false);
+                self.fault(
+                    peer,
+                    Fault::Malformed,
+                    format!("malformed sync response: {e}"),
+                );
+            }
         }
     }
 
@@ -654,6 +925,24 @@ impl Net {
         });
     }
 
+    fn on_inbound_failure(
+        &mut self,
+        peer: PeerId,
+        protocol: &str,
+        e: &request_response::InboundFailure,
+    ) {
+        self.on_stream_failure(peer, protocol, &e.to_string(), is_garbage_in(e));
+    }
+
+    fn on_outbound_failure(
+        &mut self,
+        peer: PeerId,
+        protocol: &str,
+        e: &request_response::OutboundFailure,
+    ) {
+        self.on_stream_failure(peer, protocol, &e.to_string(), is_garbage_out(e));
+    }
+
     fn on_stream_failure(&mut self, peer: PeerId, protocol: &str, error: &str, garbage: bool) {
         if garbage {
             self.fault(peer, Fault::Malformed, format!("{protocol}: {error}"));
@@ -670,6 +959,13 @@ impl Net {
             return;
         }
         let (verdict, evicted) = self.scores.penalize_evicting(&peer, fault, now);
+        // Gossipsub weighs our score in its own (application score, weight 1), so a peer
+        // at fault here loses its mesh places and is graylisted there too.
+        let ours = self.scores.score(&peer, now);
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .set_application_score(&peer, ours);
         if let Some(old) = evicted {
             // The ban table is full: the ban expiring first made room, lift it everywhere.
             self.swarm.behaviour_mut().blocked.unblock_peer(old);
@@ -705,7 +1001,11 @@ impl Net {
         while let Some(a) = self.syncer.poll_action() {
             match a {
                 Action::Request { peer, id, want } => {
-                    self.deferred.push_back(Deferred { peer, id, want })
+                    let req = match want {
+                        Want::Headers { locator, max } => Request::GetHeaders { locator, max },
+                        Want::Blocks { hashes } => Request::GetBlocks { hashes },
+                    };
+                    self.request(peer, req, Outbound::Sync(id));
                 }
                 Action::Import { blocks } => {
                     let (chain, tx) = (self.chain.clone(), self.import_tx.clone());
@@ -743,7 +1043,7 @@ impl Net {
         let mut keep = VecDeque::new();
         while let Some(d) = self.deferred.pop_front() {
             let Some(p) = self.peers.get_mut(&d.peer) else {
-                self.syncer.on_failure(d.id, false, now_ms());
+                self.fail_outbound(d.peer, d.tag, false);
                 continue;
             };
             if let Some(q) = &mut p.out_quota
@@ -752,16 +1052,12 @@ impl Net {
                 keep.push_back(d);
                 continue;
             }
-            let req = match d.want {
-                Want::Headers { locator, max } => Request::GetHeaders { locator, max },
-                Want::Blocks { hashes } => Request::GetBlocks { hashes },
-            };
             let oid = self
                 .swarm
                 .behaviour_mut()
                 .sync
-                .send_request(&d.peer, Ok(req.to_pb()));
-            self.outbound.insert(oid, d.id);
+                .send_request(&d.peer, Ok(d.req.to_pb()));
+            self.outbound.insert(oid, d.tag);
         }
         self.deferred = keep;
     }
@@ -769,6 +1065,12 @@ impl Net {
     fn on_tick(&mut self) {
         let now = now_ms();
         self.syncer.tick(now);
+        self.relay.tick(now);
+        self.service_held_permits();
+        if self.last_tend.elapsed() >= Duration::from_secs(1) {
+            self.last_tend = Instant::now();
+            self.tend_peers();
+        }
         let due: Vec<PeerId> = {
             let t = Instant::now();
             let (due, rest): (Vec<_>, Vec<_>) =
@@ -877,10 +1179,18 @@ impl Net {
                     timeouts: stats.timeouts,
                     request_size: stats.request_size,
                     in_flight_limit: stats.in_flight_limit,
+                    gossip_score: self.swarm.behaviour().gossip.peer_score(id),
                 }
             })
             .collect()
     }
+}
+
+/// Most peers the address book keeps.
+const ADDR_BOOK_SIZE: usize = 1024;
+
+fn is_relayed(a: &Multiaddr) -> bool {
+    a.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 fn without_p2p(a: &Multiaddr) -> Multiaddr {

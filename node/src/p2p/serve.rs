@@ -47,6 +47,20 @@ pub async fn serve(
                             .block_range(from, count.min(max_blocks), RESPONSE_BUDGET)
                             .map_err(e)?,
                     ),
+                    Request::GetBlockTxs { block, indexes } => {
+                        match reader.block(&block).map_err(e)? {
+                            Some(b) => Response::Txs {
+                                txs: indexes
+                                    .iter()
+                                    .filter_map(|i| b.txs.get(*i as usize).cloned())
+                                    .collect(),
+                                missing: Vec::new(),
+                            },
+                            None => Response::Error(ServeError::Unavailable(format!(
+                                "block {block} is unknown here"
+                            ))),
+                        }
+                    }
                     Request::GetTxs { .. } => {
                         Response::Error(ServeError::BadRequest("unreachable".into()))
                     }

@@ -1,11 +1,11 @@
 //! Assembles the libp2p swarm: TCP and QUIC, Noise, Yamux; identify, ping, connection
-//! limits, a block list for bans, and our status and sync protocols.
+//! limits, a block list for bans, gossipsub, and our status, sync, pool and pex protocols.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use chainmesh_behaviours::{status, sync};
+use chainmesh_behaviours::{gossip, pex, pool, status, sync};
 use chainmesh_proto::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -22,6 +22,9 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub status: status::Behaviour,
     pub sync: sync::Behaviour,
+    pub gossip: gossip::Behaviour,
+    pub pool: pool::Behaviour,
+    pub pex: pex::Behaviour,
 }
 
 pub fn agent() -> String {
@@ -64,17 +67,26 @@ pub fn build(
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(limits),
-            blocked: allow_block_list::Behaviour::default(),
-            identify: identify::Behaviour::new(
-                identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
-                    .with_agent_version(agent()),
-            ),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
-            status: status::new(&net, timeout),
-            sync: sync::new(&net, timeout),
-        })?
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(limits),
+                    blocked: allow_block_list::Behaviour::default(),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
+                            .with_agent_version(agent()),
+                    ),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(Duration::from_secs(15)),
+                    ),
+                    status: status::new(&net, timeout),
+                    sync: sync::new(&net, timeout),
+                    gossip: gossip::new(key, &net)?,
+                    pool: pool::new(&net, timeout),
+                    pex: pex::new(&net, timeout),
+                })
+            },
+        )?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)

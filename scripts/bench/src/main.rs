@@ -91,13 +91,33 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     );
     let workloads = if quick {
         vec![
-            Workload { name: "large blocks (~0.6 MB)", blocks: 60, txs_per_block: 4_000, peers: &[1] },
-            Workload { name: "blocks with 2 txs", blocks: 3_000, txs_per_block: 2, peers: &[1, 3] },
+            Workload {
+                name: "large blocks (~0.6 MB)",
+                blocks: 60,
+                txs_per_block: 4_000,
+                peers: &[1],
+            },
+            Workload {
+                name: "blocks with 2 txs",
+                blocks: 3_000,
+                txs_per_block: 2,
+                peers: &[1, 3],
+            },
         ]
     } else {
         vec![
-            Workload { name: "large blocks (~0.6 MB)", blocks: 1_700, txs_per_block: 4_000, peers: &[1] },
-            Workload { name: "blocks with 2 txs", blocks: 20_000, txs_per_block: 2, peers: &[1, 3] },
+            Workload {
+                name: "large blocks (~0.6 MB)",
+                blocks: 1_700,
+                txs_per_block: 4_000,
+                peers: &[1],
+            },
+            Workload {
+                name: "blocks with 2 txs",
+                blocks: 20_000,
+                txs_per_block: 2,
+                peers: &[1, 3],
+            },
         ]
     };
     let mut results = Vec::new();
@@ -119,13 +139,20 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 // ---------------------------------------------------------------- calibration
 
 fn calibrate_stream(bytes: u64) -> anyhow::Result<f64> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let proto = StreamProtocol::new("/chainmesh-bench/stream/1");
         let mk = || -> anyhow::Result<libp2p::Swarm<libp2p_stream::Behaviour>> {
             Ok(libp2p::SwarmBuilder::with_new_identity()
                 .with_tokio()
-                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )?
                 .with_behaviour(|_| libp2p_stream::Behaviour::new())?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
                 .build())
@@ -140,10 +167,18 @@ fn calibrate_stream(bytes: u64) -> anyhow::Result<f64> {
             }
         };
         let rx_id = *rx.local_peer_id();
-        tokio::spawn(async move { loop { rx.select_next_some().await; } });
+        tokio::spawn(async move {
+            loop {
+                rx.select_next_some().await;
+            }
+        });
         let mut control = tx.behaviour().new_control();
         tx.dial(addr.with(libp2p::multiaddr::Protocol::P2p(rx_id)))?;
-        tokio::spawn(async move { loop { tx.select_next_some().await; } });
+        tokio::spawn(async move {
+            loop {
+                tx.select_next_some().await;
+            }
+        });
         let reader = tokio::spawn(async move {
             let (_, mut s) = incoming.next().await.context("no stream")?;
             let mut buf = vec![0u8; 1 << 18];
@@ -203,9 +238,24 @@ fn calibrate_sled(value_size: usize, total: usize) -> anyhow::Result<f64> {
 fn calibrate_verify(batch: bool) -> f64 {
     use ed25519_dalek::{Signer, SigningKey, Verifier};
     let n: usize = 4_096;
-    let keys: Vec<SigningKey> = (0..16).map(|_| SigningKey::generate(&mut rand::rngs::OsRng)).collect();
-    let msgs: Vec<Vec<u8>> = (0..n).map(|i| [b"chainmesh/tx/v1\0".as_slice(), &[0u8; 112], &(i as u64).to_be_bytes()].concat()).collect();
-    let sigs: Vec<_> = msgs.iter().enumerate().map(|(i, m)| keys[i % 16].sign(m)).collect();
+    let keys: Vec<SigningKey> = (0..16)
+        .map(|_| SigningKey::generate(&mut rand::rngs::OsRng))
+        .collect();
+    let msgs: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            [
+                b"chainmesh/tx/v1\0".as_slice(),
+                &[0u8; 112],
+                &(i as u64).to_be_bytes(),
+            ]
+            .concat()
+        })
+        .collect();
+    let sigs: Vec<_> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| keys[i % 16].sign(m))
+        .collect();
     let vks: Vec<_> = (0..n).map(|i| keys[i % 16].verifying_key()).collect();
     let t = Instant::now();
     if batch {
@@ -225,7 +275,9 @@ fn calibrate_verify(batch: bool) -> f64 {
 // ---------------------------------------------------------------- sync
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Net {
@@ -242,10 +294,21 @@ fn net(blocks: u64) -> Net {
         timestamp_ms: (now_ms() - (blocks + 100) * 1000) / 1000 * 1000,
         block_time_ms: 1000,
         authorities: vec![authority.public()],
-        allocations: vec![Allocation { address: alice.public(), balance: u64::MAX / 2 }],
-        limits: ChainLimits { max_block_txs: 5_000, max_block_bytes: 4 * 1024 * 1024, min_fee: 1 },
+        allocations: vec![Allocation {
+            address: alice.public(),
+            balance: u64::MAX / 2,
+        }],
+        limits: ChainLimits {
+            max_block_txs: 5_000,
+            max_block_bytes: 4 * 1024 * 1024,
+            min_fee: 1,
+        },
     };
-    Net { genesis, authority, alice }
+    Net {
+        genesis,
+        authority,
+        alice,
+    }
 }
 
 /// Builds the chain; returns its total encoded size in bytes and the signatures per block.
@@ -275,7 +338,10 @@ fn home(root: &Path, name: &str, n: &Net) -> anyhow::Result<PathBuf> {
     let h = root.join(name);
     std::fs::create_dir_all(&h)?;
     std::fs::write(h.join("genesis.toml"), genesis_to_toml(&n.genesis)?)?;
-    let mut cfg = Config { data_dir: "data".into(), ..Config::default() };
+    let mut cfg = Config {
+        data_dir: "data".into(),
+        ..Config::default()
+    };
     cfg.api.listen = "127.0.0.1:0".parse()?;
     cfg.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     cfg.p2p.redial_secs = 1;
@@ -296,7 +362,13 @@ fn start(h: &Path, extra: &[String]) -> anyhow::Result<(Proc, String)> {
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(h.join("node.log"))?;
     let child = Command::new(exe)
-        .args(["node", "--log-level", "warn,chainmesh_node::p2p=info", "run", "--config"])
+        .args([
+            "node",
+            "--log-level",
+            "warn,chainmesh_node::p2p=info",
+            "run",
+            "--config",
+        ])
         .arg(h.join("config.toml"))
         .args(extra)
         .stdin(Stdio::null())
@@ -356,7 +428,12 @@ fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<S
     let src0 = home(root.path(), "src0", &n)?;
     let t = Instant::now();
     let bytes = build_chain(&n, &src0.join("data/db"), w)?;
-    eprintln!("  built {} blocks ({:.1} MB) in {:.1} s", w.blocks, bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+    eprintln!(
+        "  built {} blocks ({:.1} MB) in {:.1} s",
+        w.blocks,
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
     let mut homes = vec![src0.clone()];
     for i in 1..peers {
         let h = home(root.path(), &format!("src{i}"), &n)?;
@@ -370,7 +447,9 @@ fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<S
         peer_args.push("--peer".to_string());
         peer_args.push(p2p_addr(h)?);
     }
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let dest = home(root.path(), "dest", &n)?;
     let (dest_proc, api) = start(&dest, &peer_args)?;
     let t0 = Instant::now();
@@ -395,7 +474,9 @@ fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<S
         (cal.sled_mb_s / block_mb, "sled writes"),
         (cal.verify_batch_per_s / sigs, "ed25519 batch verify"),
     ];
-    let (l, from) = limits.iter().fold((f64::MAX, ""), |a, b| if b.0 < a.0 { *b } else { a });
+    let (l, from) = limits
+        .iter()
+        .fold((f64::MAX, ""), |a, b| if b.0 < a.0 { *b } else { a });
     let bps = w.blocks as f64 / secs;
     Ok(SyncResult {
         workload: w.name.to_string(),
@@ -411,7 +492,13 @@ fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<S
     })
 }
 
-fn write_report(out: &Path, quick: bool, cal: &Calibration, r: &[SyncResult], took: Duration) -> anyhow::Result<()> {
+fn write_report(
+    out: &Path,
+    quick: bool,
+    cal: &Calibration,
+    r: &[SyncResult],
+    took: Duration,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let mode = if quick { "--quick" } else { "full" };
     let mut md = format!(
@@ -436,13 +523,26 @@ fn write_report(out: &Path, quick: bool, cal: &Calibration, r: &[SyncResult], to
     for x in r {
         md += &format!(
             "| {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {} | {:.2} | ≥ 0.70 |\n",
-            x.workload, x.blocks, x.mb, x.peers, x.seconds, x.blocks_per_s, x.mb_per_s, x.limit_blocks_per_s, x.limit_from, x.ratio
+            x.workload,
+            x.blocks,
+            x.mb,
+            x.peers,
+            x.seconds,
+            x.blocks_per_s,
+            x.mb_per_s,
+            x.limit_blocks_per_s,
+            x.limit_from,
+            x.ratio
         );
     }
     std::fs::write(out.join("BENCHMARKS.generated.md"), &md)?;
     let json = serde_json::json!({ "mode": mode, "calibration": cal, "sync": r });
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
-    eprintln!("wrote {} and {}", out.join("BENCHMARKS.generated.md").display(), out.join("bench.json").display());
+    eprintln!(
+        "wrote {} and {}",
+        out.join("BENCHMARKS.generated.md").display(),
+        out.join("bench.json").display()
+    );
     println!("{md}");
     Ok(())
 }

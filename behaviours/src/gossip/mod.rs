@@ -1,0 +1,149 @@
+//! Gossip of transactions and compact blocks over gossipsub (v1.1 scoring; v1.2's
+//! IDONTWANT with peers that speak it).
+//!
+//! - Topics: `chainmesh/<net>/tx/1` (one encoded transaction) and
+//!   `chainmesh/<net>/block/1` (one compact block: header and tx ids).
+//! - Message id: blake3 of the payload, so the same transaction published by two nodes is
+//!   one message, and a replay is recognised whoever signs it.
+//! - Strict signing and `validate_messages`: gossipsub forwards nothing until the node
+//!   has validated it and reported Accept; Reject counts against the sender (P4).
+//! - Sizes: a whole RPC is capped at the largest compact block plus room for control
+//!   messages; each topic is capped at its own payload's bound.
+//!
+//! Scoring (see [`score_params`]) follows the gossipsub v1.1 paper's evaluation and
+//! Lighthouse's choices: invalid messages (P4) weigh heavily and quadratically, first
+//! deliveries (P2) earn a little, mesh delivery deficits (P3) are off because transaction
+//! traffic is bursty and a quiet network would punish honest peers; the application score
+//! (our own per-peer score of faults on every protocol) carries weight 1.
+
+mod messages;
+
+use std::time::Duration;
+
+use chainmesh_proto::limits::{MAX_COMPACT_BLOCK_BYTES, MAX_TX_BYTES};
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAuthenticity, MessageId, PeerScoreParams, PeerScoreThresholds,
+    TopicScoreParams, ValidationMode,
+};
+use libp2p::identity::Keypair;
+
+pub use messages::{GossipMessage, decode};
+
+pub type Behaviour = gossipsub::Behaviour;
+pub type Event = gossipsub::Event;
+
+/// Room for the protobuf envelope of one message (signature, key, seqno, topic) and for
+/// control messages piggybacked on the same RPC.
+const ENVELOPE: usize = 16 * 1024;
+
+pub fn tx_topic(network_id: &str) -> IdentTopic {
+    IdentTopic::new(format!("chainmesh/{network_id}/tx/1"))
+}
+
+pub fn block_topic(network_id: &str) -> IdentTopic {
+    IdentTopic::new(format!("chainmesh/{network_id}/block/1"))
+}
+
+/// blake3 of the payload.
+pub fn message_id(data: &[u8]) -> MessageId {
+    MessageId::from(blake3::hash(data).as_bytes().to_vec())
+}
+
+/// Our gossipsub configuration; fails only on inconsistent constants.
+pub fn config(network_id: &str) -> Result<gossipsub::Config, String> {
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
+        .max_transmit_size(MAX_COMPACT_BLOCK_BYTES + ENVELOPE)
+        .max_transmit_size_for_topic(MAX_TX_BYTES + ENVELOPE, tx_topic(network_id).hash())
+        .max_transmit_size_for_topic(
+            MAX_COMPACT_BLOCK_BYTES + ENVELOPE,
+            block_topic(network_id).hash(),
+        )
+        .heartbeat_interval(Duration::from_millis(700))
+        // A block must be judged within the history window to be forwarded: 5 heartbeats.
+        .history_length(6)
+        .duplicate_cache_time(Duration::from_secs(120))
+        // Large messages (compact blocks of full blocks) are worth an IDONTWANT.
+        .idontwant_message_size_threshold(1_000)
+        .idontwant_on_publish(true)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Peer scoring: thresholds and per-topic parameters (documented in the module header).
+pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) {
+    let mut p = PeerScoreParams {
+        app_specific_weight: 1.0,
+        // Every test and devnet runs many nodes on one address: colocation must not
+        // count against them. Operators on the public internet keep the default check
+        // through `ip_colocation_factor_threshold` below.
+        ip_colocation_factor_weight: -5.0,
+        ip_colocation_factor_threshold: 64.0,
+        ..PeerScoreParams::default()
+    };
+    let tx = TopicScoreParams {
+        topic_weight: 0.5,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 100.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        // One invalid transaction: -10 * 1² * 0.5 = -5; four: -80, graylisted.
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..TopicScoreParams::default()
+    };
+    let block = TopicScoreParams {
+        topic_weight: 1.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_cap: 20.0,
+        // An invalid block is signed garbage or a lie: one is enough to graylist.
+        invalid_message_deliveries_weight: -100.0,
+        ..tx.clone()
+    };
+    p.topics.insert(tx_topic(network_id).hash(), tx);
+    p.topics.insert(block_topic(network_id).hash(), block);
+    let t = PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -40.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 3.0,
+    };
+    (p, t)
+}
+
+/// A gossipsub behaviour with our configuration and scoring, signing with `key`.
+pub fn new(key: &Keypair, network_id: &str) -> Result<Behaviour, String> {
+    let mut b = gossipsub::Behaviour::new(
+        MessageAuthenticity::Signed(key.clone()),
+        config(network_id)?,
+    )
+    .map_err(str::to_string)?;
+    let (params, thresholds) = score_params(network_id);
+    b.with_peer_score(params, thresholds)?;
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_and_scores_are_valid() {
+        assert!(config("devnet").is_ok());
+        let (p, t) = score_params("devnet");
+        p.validate().unwrap();
+        t.validate().unwrap();
+        let key = Keypair::generate_ed25519();
+        assert!(new(&key, "devnet").is_ok());
+        assert_eq!(tx_topic("devnet").to_string(), "chainmesh/devnet/tx/1");
+        assert_eq!(message_id(b"x"), message_id(b"x"));
+        assert_ne!(message_id(b"x"), message_id(b"y"));
+    }
+}

@@ -1,0 +1,353 @@
+//! Gossip in the network task: publishing what the chain task reports, validating what
+//! peers publish before gossipsub may forward it, and rebuilding compact blocks.
+//!
+//! Transactions from gossip are validated in batches by the chain task (one command per
+//! event-loop round). A compact block passes the cheap checks here (header signature
+//! and slot, size) before the [`CompactRelay`] rebuilds it.
+
+use chainmesh_behaviours::gossip::{self, GossipMessage};
+use chainmesh_behaviours::peers::Fault;
+use chainmesh_behaviours::sync::Request;
+use chainmesh_chain_sync::relay::{RelayAction, Verdict};
+use chainmesh_chain_sync::rules::validate_header_alone;
+use chainmesh_chain_sync::sync::ImportResult;
+use chainmesh_mempool::AddError;
+use chainmesh_proto::{Block, CompactBlock, Hash, Tx, TxError, wire};
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
+use tokio::sync::oneshot;
+
+use super::{Internal, Net, Outbound};
+use crate::chain::{ChainEvent, Command, SubmitError, now_ms};
+
+/// Most gossip transactions being validated at once; beyond it they are ignored (not
+/// forwarded, no penalty): pool sync delivers them later if they matter.
+pub(super) const MAX_VALIDATING: usize = 8_192;
+
+/// The tag a compact block carries through the relay: the gossip message to settle.
+pub(super) type RelayTag = (MessageId, PeerId);
+
+impl Net {
+    pub(super) fn subscribe_gossip(&mut self) {
+        if !self.cfg.gossip {
+            tracing::info!("gossip is off (p2p.gossip = false): mempool by pool sync only");
+            return;
+        }
+        let g = &mut self.swarm.behaviour_mut().gossip;
+        for t in [
+            gossip::tx_topic(&self.network_id),
+            gossip::block_topic(&self.network_id),
+        ] {
+            if let Err(e) = g.subscribe(&t) {
+                tracing::error!(topic = %t, error = %e, "cannot subscribe");
+            }
+        }
+    }
+
+    pub(super) fn on_chain_event(&mut self, e: ChainEvent) {
+        if !self.cfg.gossip {
+            return;
+        }
+        let (topic, data) = match e {
+            ChainEvent::NewTx(tx) => {
+                self.stats.tx_published += 1;
+                (gossip::tx_topic(&self.network_id), wire::encode_tx(&tx))
+            }
+            ChainEvent::Produced(block) => {
+                self.stats.blocks_published += 1;
+                let cb = CompactBlock::of(&block);
+                (
+                    gossip::block_topic(&self.network_id),
+                    wire::encode_compact_block(&cb),
+                )
+            }
+        };
+        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, data) {
+            // No peers yet, or a duplicate: pool sync and block sync cover it.
+            tracing::debug!(error = %e, "gossip publish skipped");
+        }
+    }
+
+    pub(super) fn on_gossip_event(&mut self, ev: gossip::Event) {
+        let gossipsub::Event::Message {
+            propagation_source: source,
+            message_id: id,
+            message,
+        } = ev
+        else {
+            return;
+        };
+        match gossip::decode(&self.network_id, &message.topic, &message.data) {
+            Err(e) => {
+                self.report(&id, &source, MessageAcceptance::Reject);
+                self.fault(source, Fault::InvalidMessage, format!("gossip: {e}"));
+            }
+            Ok(GossipMessage::Tx(tx)) => {
+                self.stats.tx_received += 1;
+                if self.validating >= MAX_VALIDATING {
+                    self.stats.tx_ignored += 1;
+                    self.report(&id, &source, MessageAcceptance::Ignore);
+                    return;
+                }
+                self.validating += 1;
+                self.gossip_txs.push((id, source, tx));
+            }
+            Ok(GossipMessage::Block(cb)) => {
+                self.stats.blocks_received += 1;
+                self.stats.announcement_bytes += message.data.len() as u64;
+                self.on_compact_block(source, id, cb);
+            }
+        }
+    }
+
+    /// Sends the transactions gathered this round to the chain task as one batch.
+    pub(super) fn flush_gossip_txs(&mut self) {
+        if self.gossip_txs.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.gossip_txs);
+        let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+        tokio::spawn(async move {
+            let (tags, txs): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|(id, p, tx)| ((id, p), tx)).unzip();
+            let (reply, rx) = oneshot::channel();
+            let results = match chain.send(Command::SubmitTxs { txs, reply }).await {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            };
+            let _ = internal.send(Internal::GossipTxs { tags, results }).await;
+        });
+    }
+
+    pub(super) fn on_gossip_tx_results(
+        &mut self,
+        tags: Vec<(MessageId, PeerId)>,
+        results: Option<Vec<Result<Hash, SubmitError>>>,
+    ) {
+        self.validating = self.validating.saturating_sub(tags.len());
+        let results = results.unwrap_or_default();
+        for (i, (id, peer)) in tags.into_iter().enumerate() {
+            let (acceptance, fault) = match results.get(i) {
+                Some(r) => tx_verdict(r),
+                None => (MessageAcceptance::Ignore, None),
+            };
+            match acceptance {
+                MessageAcceptance::Accept => self.stats.tx_accepted += 1,
+                MessageAcceptance::Reject => self.stats.tx_rejected += 1,
+                MessageAcceptance::Ignore => self.stats.tx_ignored += 1,
+            }
+            self.report(&id, &peer, acceptance);
+            if let Some((f, why)) = fault {
+                self.fault(peer, f, format!("gossiped an invalid transaction: {why}"));
+            }
+        }
+    }
+
+    fn on_compact_block(&mut self, source: PeerId, id: MessageId, cb: CompactBlock) {
+        let now = now_ms();
+        let hash = cb.hash();
+        let invalid = if let Err(e) = validate_header_alone(&self.genesis, &cb.header, now) {
+            Some(format!("block {hash}: {e}"))
+        } else if cb.short_ids.len() > self.genesis.limits.max_block_txs as usize {
+            Some(format!("block {hash}: {} transactions", cb.short_ids.len()))
+        } else {
+            None
+        };
+        if let Some(why) = invalid {
+            self.stats.blocks_rejected += 1;
+            self.report(&id, &source, MessageAcceptance::Reject);
+            self.fault(source, Fault::InvalidMessage, why);
+            return;
+        }
+        let (known, parent_known) = (
+            self.reader.block(&hash).ok().flatten().is_some(),
+            self.reader
+                .block(&cb.header.parent)
+                .ok()
+                .flatten()
+                .is_some(),
+        );
+        if known {
+            // Valid and ours already (produced, synced or rebuilt): let it spread.
+            self.stats.blocks_accepted += 1;
+            self.report(&id, &source, MessageAcceptance::Accept);
+            return;
+        }
+        if !parent_known {
+            // Out of order or we are behind: fetch the missing parents through sync,
+            // headers first from this peer's claimed tip.
+            self.stats.blocks_ignored += 1;
+            self.report(&id, &source, MessageAcceptance::Ignore);
+            self.hint_tip(source, cb.header.height, hash);
+            return;
+        }
+        self.relay.on_announcement(source, (id, source), cb, now);
+    }
+
+    /// A peer showed us a block at `height`: let the syncer know it is there.
+    fn hint_tip(&mut self, peer: PeerId, height: u64, hash: Hash) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let Some(status) = &p.status else {
+            return;
+        };
+        if height <= status.best_height {
+            return;
+        }
+        let max_items = status
+            .limit_for("sync")
+            .map_or(self.cfg.sync_max_blocks, |l| l.max_items_per_request);
+        self.syncer
+            .peer_status(peer, height, hash, max_items, now_ms());
+    }
+
+    pub(super) fn drive_relay(&mut self) {
+        while let Some(a) = self.relay.poll_action() {
+            match a {
+                RelayAction::LookupPool { block, short_ids } => {
+                    let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+                    tokio::spawn(async move {
+                        let (reply, rx) = oneshot::channel();
+                        let cmd = Command::PoolByShortIds {
+                            block,
+                            short_ids,
+                            reply,
+                        };
+                        let found = match chain.send(cmd).await {
+                            Ok(()) => rx.await.unwrap_or_default(),
+                            Err(_) => Vec::new(),
+                        };
+                        let _ = internal.send(Internal::RelayPool { block, found }).await;
+                    });
+                }
+                RelayAction::FetchTxs {
+                    peer,
+                    block,
+                    indexes,
+                } => {
+                    self.request(
+                        peer,
+                        Request::GetBlockTxs { block, indexes },
+                        Outbound::RelayTxs(block),
+                    );
+                }
+                RelayAction::FetchBlock { peer, block } => {
+                    self.request(
+                        peer,
+                        Request::GetBlocks {
+                            hashes: vec![block],
+                        },
+                        Outbound::RelayBlock(block),
+                    );
+                }
+                RelayAction::Import { block } => {
+                    self.stats.block_bytes += wire::encode_block(&block).len() as u64;
+                    let hash = block.hash();
+                    let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+                    tokio::spawn(async move {
+                        let (reply, rx) = oneshot::channel();
+                        let r = match chain
+                            .send(Command::ImportBlocks {
+                                blocks: vec![block],
+                                reply,
+                            })
+                            .await
+                        {
+                            Ok(()) => rx.await.ok(),
+                            Err(_) => None,
+                        };
+                        let result = match r {
+                            Some(ImportResult::Done) => Ok(()),
+                            Some(ImportResult::Failed { invalid, .. }) => Err(invalid),
+                            None => Err(false),
+                        };
+                        let _ = internal
+                            .send(Internal::RelayImported {
+                                block: hash,
+                                result,
+                            })
+                            .await;
+                    });
+                }
+                RelayAction::Settled {
+                    tag: (id, peer),
+                    verdict,
+                } => {
+                    let acceptance = match verdict {
+                        Verdict::Accept => {
+                            self.stats.blocks_accepted += 1;
+                            MessageAcceptance::Accept
+                        }
+                        Verdict::Reject => {
+                            self.stats.blocks_rejected += 1;
+                            MessageAcceptance::Reject
+                        }
+                        Verdict::Ignore => {
+                            self.stats.blocks_ignored += 1;
+                            MessageAcceptance::Ignore
+                        }
+                    };
+                    self.report(&id, &peer, acceptance);
+                }
+                RelayAction::Penalize {
+                    peer,
+                    fault,
+                    detail,
+                } => self.fault(peer, super::fault_of(fault), detail),
+            }
+        }
+    }
+
+    /// The announcer's transactions (GetTxs) for a block being rebuilt.
+    pub(super) fn on_relay_txs(&mut self, block: Hash, txs: Option<(Vec<Tx>, usize)>) {
+        let now = now_ms();
+        match txs {
+            Some((txs, bytes)) => {
+                self.stats.fetched_bytes += bytes as u64;
+                self.relay.on_txs(&block, txs, now);
+            }
+            None => self.relay.on_txs_failed(&block, now),
+        }
+    }
+
+    pub(super) fn on_relay_block(&mut self, block: Hash, got: Option<(Block, usize)>) {
+        if let Some((_, bytes)) = &got {
+            self.stats.fetched_bytes += *bytes as u64;
+        }
+        self.relay.on_block(&block, got.map(|(b, _)| b));
+    }
+
+    fn report(&mut self, id: &MessageId, peer: &PeerId, a: MessageAcceptance) {
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(id, peer, a);
+    }
+}
+
+/// What a mempool answer means for a gossiped transaction: forward it, reject it (the
+/// sender sent something no honest node would forward), or drop it quietly (it may be
+/// valid elsewhere: a nonce race, a full pool, already known).
+fn tx_verdict(r: &Result<Hash, SubmitError>) -> (MessageAcceptance, Option<(Fault, String)>) {
+    match r {
+        Ok(_) => (MessageAcceptance::Accept, None),
+        Err(SubmitError::Rejected(e)) => match e {
+            AddError::Invalid(
+                te @ (TxError::BadSignature
+                | TxError::FeeTooLow { .. }
+                | TxError::ZeroAmount
+                | TxError::Overflow),
+            ) => (
+                MessageAcceptance::Reject,
+                Some((Fault::InvalidMessage, te.to_string())),
+            ),
+            e @ AddError::TooLarge { .. } => (
+                MessageAcceptance::Reject,
+                Some((Fault::InvalidMessage, e.to_string())),
+            ),
+            _ => (MessageAcceptance::Ignore, None),
+        },
+        Err(SubmitError::Storage(_)) => (MessageAcceptance::Ignore, None),
+    }
+}
