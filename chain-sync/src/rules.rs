@@ -5,7 +5,7 @@
 use chainmesh_proto::{Block, Hash, Header, PublicKey, TxError, wire};
 
 use crate::genesis::Genesis;
-use crate::state::{AccountReader, ApplyError, Overlay, UndoRecord, apply_tx};
+use crate::state::{AccountReader, ApplyError, Overlay, SigCheck, UndoRecord, apply_tx};
 
 /// How far ahead of our clock a block's slot may start (clock skew between nodes).
 pub const MAX_CLOCK_DRIFT_MS: u64 = 2_000;
@@ -48,12 +48,99 @@ pub enum BlockError {
     },
 }
 
+/// Signatures verified per batch: large enough for batch verification to pay off, small
+/// enough to spread over every core.
+const VERIFY_CHUNK: usize = 256;
+
+/// Verifies every transaction signature of `blocks` (for the network whose genesis hash
+/// is `chain`) in batches spread over the machine's cores. `false` if any is invalid: the
+/// import then verifies one by one and names the culprit.
+pub fn tx_signatures_valid(chain: &Hash, blocks: &[Block]) -> bool {
+    let items: Vec<(&chainmesh_proto::Tx, Vec<u8>)> = blocks
+        .iter()
+        .flat_map(|b| &b.txs)
+        .map(|t| (t, t.signing_bytes(chain)))
+        .collect();
+    if items.is_empty() {
+        return true;
+    }
+    let check = |chunk: &[(&chainmesh_proto::Tx, Vec<u8>)]| {
+        let v: Vec<_> = chunk
+            .iter()
+            .map(|(t, m)| (&t.from, m.as_slice(), &t.signature))
+            .collect();
+        chainmesh_proto::crypto::verify_batch(&v)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().div_ceil(VERIFY_CHUNK));
+    if threads <= 1 {
+        return items.chunks(VERIFY_CHUNK).all(check);
+    }
+    let per_thread = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|part| s.spawn(move || part.chunks(VERIFY_CHUNK).all(check)))
+            .collect();
+        handles.into_iter().all(|h| h.join().unwrap_or(false))
+    })
+}
+
+/// Verifies each transaction's signature, in batches over every core; a batch that fails
+/// is verified one by one so that honest transactions next to a forged one still pass.
+pub fn tx_signatures(chain: &Hash, txs: &[chainmesh_proto::Tx]) -> Vec<bool> {
+    let check = |chunk: &[chainmesh_proto::Tx]| -> Vec<bool> {
+        let msgs: Vec<Vec<u8>> = chunk.iter().map(|t| t.signing_bytes(chain)).collect();
+        let items: Vec<_> = chunk
+            .iter()
+            .zip(&msgs)
+            .map(|(t, m)| (&t.from, m.as_slice(), &t.signature))
+            .collect();
+        if chainmesh_proto::crypto::verify_batch(&items) {
+            vec![true; chunk.len()]
+        } else {
+            items
+                .iter()
+                .map(|(k, m, s)| chainmesh_proto::crypto::verify(k, m, s))
+                .collect()
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(txs.len().div_ceil(VERIFY_CHUNK).max(1));
+    if threads <= 1 {
+        return txs.chunks(VERIFY_CHUNK).flat_map(check).collect();
+    }
+    let per_thread = txs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = txs
+            .chunks(per_thread)
+            .map(|part| {
+                s.spawn(move || {
+                    part.chunks(VERIFY_CHUNK)
+                        .flat_map(check)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(txs.chunks(per_thread))
+            .flat_map(|(h, part)| h.join().unwrap_or_else(|_| vec![false; part.len()]))
+            .collect()
+    })
+}
+
 /// Header rules against the parent: linkage, slot order and timing, proof of authority.
+/// With [`SigCheck::AlreadyVerified`] the producer's signature is taken as checked (the
+/// syncer verifies headers before it fetches bodies; gossip verifies announcements).
 pub fn validate_header(
     genesis: &Genesis,
     parent: &Header,
     h: &Header,
     now_ms: u64,
+    sig: SigCheck,
 ) -> Result<(), BlockError> {
     if Some(h.height) != parent.height.checked_add(1) {
         return Err(BlockError::BadHeight {
@@ -67,12 +154,24 @@ pub fn validate_header(
             got: h.slot,
         });
     }
-    validate_header_alone(genesis, h, now_ms)
+    slot_rules(genesis, h, now_ms)?;
+    if sig == SigCheck::Verify && !h.verify_signature() {
+        return Err(BlockError::BadSignature);
+    }
+    Ok(())
 }
 
 /// The header rules that need no parent: slot timing, the slot's producer and its
 /// signature. Cheap enough to run on every announcement before any other work.
 pub fn validate_header_alone(genesis: &Genesis, h: &Header, now_ms: u64) -> Result<(), BlockError> {
+    slot_rules(genesis, h, now_ms)?;
+    if !h.verify_signature() {
+        return Err(BlockError::BadSignature);
+    }
+    Ok(())
+}
+
+fn slot_rules(genesis: &Genesis, h: &Header, now_ms: u64) -> Result<(), BlockError> {
     let starts = genesis.slot_start(h.slot);
     if starts != Some(h.timestamp_ms) {
         return Err(BlockError::BadTimestamp {
@@ -95,9 +194,6 @@ pub fn validate_header_alone(genesis: &Genesis, h: &Header, now_ms: u64) -> Resu
             expected: *expected,
             got: h.producer,
         });
-    }
-    if !h.verify_signature() {
-        return Err(BlockError::BadSignature);
     }
     Ok(())
 }
@@ -136,6 +232,7 @@ pub fn execute_block<R: AccountReader>(
     chain: &Hash,
     ov: &mut Overlay<'_, R>,
     b: &Block,
+    sig: SigCheck,
 ) -> Result<Result<UndoRecord, BlockError>, R::Error> {
     let mut undo = UndoRecord::default();
     for (index, tx) in b.txs.iter().enumerate() {
@@ -146,6 +243,7 @@ pub fn execute_block<R: AccountReader>(
             genesis.limits.min_fee,
             &b.header.producer,
             &mut undo,
+            sig,
         ) {
             Ok(()) => {}
             Err(ApplyError::Store(e)) => return Err(e),

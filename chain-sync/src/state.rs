@@ -145,23 +145,26 @@ impl UndoRecord {
 
 /// Uncommitted account changes on top of a reader, with the state hash they lead to.
 ///
-/// The hash is brought up to date per account, not per write: an account written by many
-/// transactions of a block costs one removal and one addition when the hash is asked for.
+/// The hash is brought up to date per account, not per write, and only for accounts
+/// changed since it was last asked for: an account written by many transactions costs
+/// one removal and one addition, and asking once per block of a long run of blocks costs
+/// what that block changed, not everything before it.
 pub struct Overlay<'a, R> {
     base: &'a R,
-    /// Each touched account's value before the overlay first wrote it.
-    before: BTreeMap<Address, Option<Account>>,
     changes: BTreeMap<Address, Option<Account>>,
-    base_hash: StateHash,
+    /// The hash as of the last [`Overlay::hash`].
+    hash: StateHash,
+    /// Accounts changed since then, with their value at that time.
+    stale: BTreeMap<Address, Option<Account>>,
 }
 
 impl<'a, R: AccountReader> Overlay<'a, R> {
     pub fn new(base: &'a R, hash: StateHash) -> Self {
         Overlay {
             base,
-            before: BTreeMap::new(),
             changes: BTreeMap::new(),
-            base_hash: hash,
+            hash,
+            stale: BTreeMap::new(),
         }
     }
 
@@ -174,32 +177,31 @@ impl<'a, R: AccountReader> Overlay<'a, R> {
 
     /// Sets (or, with `None`, deletes) an account.
     pub fn put(&mut self, addr: Address, new: Option<Account>) -> Result<(), R::Error> {
-        if !self.before.contains_key(&addr) {
-            let old = self.base.read_account(&addr)?;
-            self.before.insert(addr, old);
+        if !self.stale.contains_key(&addr) {
+            let old = self.get(&addr)?;
+            self.stale.insert(addr, old);
         }
         self.changes.insert(addr, new);
         Ok(())
     }
 
     /// The state hash with every change so far.
-    pub fn hash(&self) -> StateHash {
-        let mut h = self.base_hash.clone();
-        for (addr, new) in &self.changes {
-            let old = self.before.get(addr).copied().flatten();
-            if old != *new {
+    pub fn hash(&mut self) -> StateHash {
+        for (addr, old) in std::mem::take(&mut self.stale) {
+            let new = self.changes.get(&addr).copied().flatten();
+            if old != new {
                 if let Some(o) = &old {
-                    h.remove(addr, o);
+                    self.hash.remove(&addr, o);
                 }
-                if let Some(n) = new {
-                    h.add(addr, n);
+                if let Some(n) = &new {
+                    self.hash.add(&addr, n);
                 }
             }
         }
-        h
+        self.hash.clone()
     }
 
-    pub fn into_parts(self) -> (BTreeMap<Address, Option<Account>>, StateHash) {
+    pub fn into_parts(mut self) -> (BTreeMap<Address, Option<Account>>, StateHash) {
         let h = self.hash();
         (self.changes, h)
     }
@@ -222,6 +224,14 @@ pub enum ApplyError<E> {
 
 /// Applies one transaction: the sender pays `amount + fee` and its nonce moves on, the
 /// receiver gets `amount`, the producer gets `fee`. Records first-touch values in `undo`.
+/// Whether [`apply_tx`] verifies the signature, or the caller already has (batch
+/// verification ahead of import, or a transaction admitted to the mempool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigCheck {
+    Verify,
+    AlreadyVerified,
+}
+
 pub fn apply_tx<R: AccountReader>(
     ov: &mut Overlay<'_, R>,
     tx: &Tx,
@@ -229,8 +239,13 @@ pub fn apply_tx<R: AccountReader>(
     min_fee: u64,
     producer: &PublicKey,
     undo: &mut UndoRecord,
+    sig: SigCheck,
 ) -> Result<(), ApplyError<R::Error>> {
-    tx.check_stateless(chain, min_fee).map_err(ApplyError::Tx)?;
+    match sig {
+        SigCheck::Verify => tx.check_stateless(chain, min_fee),
+        SigCheck::AlreadyVerified => tx.check_stateless_unsigned(min_fee),
+    }
+    .map_err(ApplyError::Tx)?;
     let cost = tx.cost().map_err(ApplyError::Tx)?;
     let from = ov
         .get(&tx.from)
@@ -346,7 +361,16 @@ mod tests {
         let mut undo = UndoRecord::default();
         for n in 0..3 {
             let tx = Tx::transfer(&k, &chain, to, 10, 2, n);
-            apply_tx(&mut ov, &tx, &chain, 1, &producer, &mut undo).unwrap();
+            apply_tx(
+                &mut ov,
+                &tx,
+                &chain,
+                1,
+                &producer,
+                &mut undo,
+                SigCheck::Verify,
+            )
+            .unwrap();
         }
         assert_eq!(
             ov.get(&k.public()).unwrap(),
@@ -396,6 +420,7 @@ mod tests {
             1,
             &PublicKey([9; 32]),
             &mut UndoRecord::default(),
+            SigCheck::Verify,
         )
         .unwrap();
         assert_eq!(
@@ -429,7 +454,15 @@ mod tests {
         let mut ov = Overlay::new(&base, StateHash::empty());
         let tx = Tx::transfer(&k, &Hash::ZERO, to, 5, 1, 0);
         let mut undo = UndoRecord::default();
-        let r = apply_tx(&mut ov, &tx, &Hash::ZERO, 1, &PublicKey([9; 32]), &mut undo);
+        let r = apply_tx(
+            &mut ov,
+            &tx,
+            &Hash::ZERO,
+            1,
+            &PublicKey([9; 32]),
+            &mut undo,
+            SigCheck::Verify,
+        );
         assert!(matches!(r, Err(ApplyError::Tx(TxError::Overflow))));
         assert!(undo.0.is_empty());
         assert_eq!(

@@ -23,7 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::genesis::{Genesis, GenesisError};
 use crate::rules::{self, BlockError};
-use crate::state::{AccountReader, ApplyError, Overlay, StateHash, UndoRecord, apply_tx};
+use crate::state::{AccountReader, ApplyError, Overlay, SigCheck, StateHash, UndoRecord, apply_tx};
 
 /// Bumped whenever the on-disk layout changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -327,6 +327,18 @@ impl Store {
     /// Validates and stores a block; makes it the tip (reorganising if needed) when fork
     /// choice prefers it. Does not flush.
     pub fn import(&mut self, block: Block, now_ms: u64) -> Result<ImportOutcome, ImportError> {
+        self.import_with(block, now_ms, SigCheck::Verify)
+    }
+
+    /// [`Store::import`], skipping the transaction signatures of `block` if the caller
+    /// verified them already (blocks of a reorganisation read back from the store are
+    /// always verified again).
+    pub fn import_with(
+        &mut self,
+        block: Block,
+        now_ms: u64,
+        sig: SigCheck,
+    ) -> Result<ImportOutcome, ImportError> {
         let hash = block.hash();
         if self.blocks.contains_key(hash.0).map_err(StoreError::from)? {
             return Ok(ImportOutcome::AlreadyKnown);
@@ -335,7 +347,7 @@ impl Store {
             .block(&block.header.parent)?
             .ok_or(ImportError::UnknownParent(block.header.parent))?;
         let invalid = |error| ImportError::Invalid { hash, error };
-        rules::validate_header(&self.genesis, &parent.header, &block.header, now_ms)
+        rules::validate_header(&self.genesis, &parent.header, &block.header, now_ms, sig)
             .map_err(invalid)?;
         rules::validate_body(&self.genesis, &block).map_err(invalid)?;
 
@@ -396,8 +408,10 @@ impl Store {
         reverted.reverse();
 
         let mut undos = Vec::with_capacity(fork.len());
-        for b in &fork {
-            match rules::execute_block(&self.genesis, &self.genesis_hash, &mut ov, b)? {
+        let last = fork.len() - 1;
+        for (i, b) in fork.iter().enumerate() {
+            let sig = if i == last { sig } else { SigCheck::Verify };
+            match rules::execute_block(&self.genesis, &self.genesis_hash, &mut ov, b, sig)? {
                 Ok(u) => undos.push(u),
                 Err(error) => {
                     let bad = b.hash();
@@ -416,50 +430,22 @@ impl Store {
         let Some(new_block) = fork.last() else {
             return Err(StoreError::Corrupt("empty fork".into()).into());
         };
-        let new_block_bytes = wire::encode_block(new_block);
         let new_tip = Tip {
             hash,
             height: new_block.header.height,
             slot: new_block.header.slot,
         };
-        let state_bytes = new_state.encode();
-        (
-            &self.blocks,
-            &self.canonical,
-            &self.accounts.0,
-            &self.undo,
-            &self.tx_index,
-            &self.meta,
-        )
-            .transaction(|(bt, ct, at, ut, xt, mt)| {
-                bt.insert(&hash.0, new_block_bytes.as_slice())?;
-                for b in &reverted {
-                    let bh = b.hash();
-                    ut.remove(&bh.0)?;
-                    ct.remove(&b.header.height.to_be_bytes())?;
-                    for tx in &b.txs {
-                        xt.remove(&tx.id().0)?;
-                    }
-                }
-                for (b, u) in fork.iter().zip(&undos) {
-                    let bh = b.hash();
-                    ct.insert(&b.header.height.to_be_bytes(), &bh.0)?;
-                    ut.insert(&bh.0, u.encode())?;
-                    for tx in &b.txs {
-                        xt.insert(&tx.id().0, &bh.0)?;
-                    }
-                }
-                for (addr, v) in &changes {
-                    match v {
-                        Some(a) => at.insert(&addr.0, &a.encode())?,
-                        None => at.remove(&addr.0)?,
-                    };
-                }
-                mt.insert(META_TIP, &hash.0)?;
-                mt.insert(META_STATE, state_bytes.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(txn_err)?;
+        // The fork's earlier blocks are stored already (as side-chain blocks).
+        let new_blocks = [(hash, wire::encode_block(new_block))];
+        self.commit(
+            &new_blocks,
+            &reverted,
+            &fork,
+            &undos,
+            &changes,
+            &new_state,
+            &new_tip,
+        )?;
 
         self.state_hash = new_state;
         self.tip = new_tip.clone();
@@ -478,8 +464,158 @@ impl Store {
         })
     }
 
+    /// Writes a change of the canonical chain as one transaction over every tree: new
+    /// blocks, canonical index, undo records and tx index (for `reverted` out, `applied`
+    /// in), account changes, tip and state hash.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        new_blocks: &[(Hash, Vec<u8>)],
+        reverted: &[Block],
+        applied: &[Block],
+        undos: &[UndoRecord],
+        changes: &std::collections::BTreeMap<Address, Option<Account>>,
+        new_state: &StateHash,
+        new_tip: &Tip,
+    ) -> Result<(), ImportError> {
+        let state_bytes = new_state.encode();
+        (
+            &self.blocks,
+            &self.canonical,
+            &self.accounts.0,
+            &self.undo,
+            &self.tx_index,
+            &self.meta,
+        )
+            .transaction(|(bt, ct, at, ut, xt, mt)| {
+                for (h, bytes) in new_blocks {
+                    bt.insert(&h.0, bytes.as_slice())?;
+                }
+                for b in reverted {
+                    let bh = b.hash();
+                    ut.remove(&bh.0)?;
+                    ct.remove(&b.header.height.to_be_bytes())?;
+                    for tx in &b.txs {
+                        xt.remove(&tx.id().0)?;
+                    }
+                }
+                for (b, u) in applied.iter().zip(undos) {
+                    let bh = b.hash();
+                    ct.insert(&b.header.height.to_be_bytes(), &bh.0)?;
+                    ut.insert(&bh.0, u.encode())?;
+                    for tx in &b.txs {
+                        xt.insert(&tx.id().0, &bh.0)?;
+                    }
+                }
+                for (addr, v) in changes {
+                    match v {
+                        Some(a) => at.insert(&addr.0, &a.encode())?,
+                        None => at.remove(&addr.0)?,
+                    };
+                }
+                mt.insert(META_TIP, &new_tip.hash.0)?;
+                mt.insert(META_STATE, state_bytes.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(txn_err)?;
+        Ok(())
+    }
+
+    /// Imports a run of blocks that extend our tip one after the other, as one atomic
+    /// write (sync's common case: one transaction per batch instead of per block).
+    ///
+    /// Takes the longest prefix of `blocks` that extends the tip and is valid; returns how
+    /// many blocks that is, and the error of the block that stopped it, if one was invalid.
+    /// A block that does not extend the run (known, a fork) stops it without an error:
+    /// the caller imports that one with [`Store::import`].
+    pub fn extend(
+        &mut self,
+        blocks: &[Block],
+        now_ms: u64,
+        sig: SigCheck,
+    ) -> Result<(usize, Option<ImportError>), ImportError> {
+        let Some(tip_block) = self.block(&self.tip.hash)? else {
+            return Err(
+                StoreError::Corrupt(format!("tip block {} is missing", self.tip.hash)).into(),
+            );
+        };
+        let mut parent = tip_block.header;
+        let mut ov = Overlay::new(&self.accounts, self.state_hash.clone());
+        let mut undos = Vec::new();
+        let mut failed = None;
+        for b in blocks {
+            let hash = b.hash();
+            if b.header.parent != parent.hash()
+                || self.blocks.contains_key(hash.0).map_err(StoreError::from)?
+            {
+                break;
+            }
+            let invalid = |error| ImportError::Invalid { hash, error };
+            let checked = rules::validate_header(&self.genesis, &parent, &b.header, now_ms, sig)
+                .and_then(|()| rules::validate_body(&self.genesis, b));
+            if let Err(e) = checked {
+                failed = Some(invalid(e));
+                break;
+            }
+            match rules::execute_block(&self.genesis, &self.genesis_hash, &mut ov, b, sig)? {
+                Ok(u) => undos.push(u),
+                Err(e) => {
+                    failed = Some(invalid(e));
+                    break;
+                }
+            }
+            parent = b.header.clone();
+        }
+        let n = undos.len();
+        if failed.is_some() && n > 0 {
+            // The failed block left partial changes in the overlay: replay the valid
+            // prefix on a fresh one (rare, so no copy on the common path).
+            ov = Overlay::new(&self.accounts, self.state_hash.clone());
+            undos.clear();
+            for b in &blocks[..n] {
+                match rules::execute_block(&self.genesis, &self.genesis_hash, &mut ov, b, sig)? {
+                    Ok(u) => undos.push(u),
+                    Err(e) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "replay of a valid block failed: {e}"
+                        ))
+                        .into());
+                    }
+                }
+            }
+        }
+        if n == 0 {
+            return Ok((0, failed));
+        }
+        let run = &blocks[..n];
+        let (changes, new_state) = ov.into_parts();
+        let new_blocks: Vec<(Hash, Vec<u8>)> = run
+            .iter()
+            .map(|b| (b.hash(), wire::encode_block(b)))
+            .collect();
+        let last = &run[n - 1].header;
+        let new_tip = Tip {
+            hash: new_blocks[n - 1].0,
+            height: last.height,
+            slot: last.slot,
+        };
+        self.commit(
+            &new_blocks,
+            &[],
+            run,
+            &undos,
+            &changes,
+            &new_state,
+            &new_tip,
+        )?;
+        self.state_hash = new_state;
+        self.tip = new_tip;
+        Ok((n, failed))
+    }
+
     /// Builds and signs a block for `slot` on the current tip from `candidates` (best
     /// first), skipping those that no longer apply and stopping at the chain's limits.
+    /// Candidates' signatures are not checked again: they come from the mempool.
     pub fn build_block(
         &self,
         key: &Keypair,
@@ -513,6 +649,9 @@ impl Store {
                 limits.min_fee,
                 &producer,
                 &mut scratch,
+                // Candidates come from the mempool, which admits verified transactions
+                // only; the cost of checking again would fall on every produced block.
+                SigCheck::AlreadyVerified,
             ) {
                 Ok(()) => {
                     size += tx_size;

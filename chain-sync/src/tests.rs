@@ -438,3 +438,46 @@ fn build_block_skips_invalid_candidates_and_respects_limits() {
     assert_eq!(built.block.txs.len(), 2);
     assert_eq!(built.invalid.len(), 2);
 }
+
+#[test]
+fn a_run_of_blocks_goes_in_as_one_write_and_stops_at_the_first_invalid() {
+    use crate::state::SigCheck;
+    let n = net();
+    // The source chain: five blocks with a transfer each.
+    let (_d, mut src) = open(&n);
+    let blocks: Vec<Block> = (0..5)
+        .map(|i| produce(&n, &mut src, i + 1, vec![n.tx(10, i)]))
+        .collect();
+    let (_e, mut dest) = open(&n);
+    let (taken, err) = dest.extend(&blocks[..3], NOW, SigCheck::Verify).unwrap();
+    assert_eq!((taken, err.is_none()), (3, true));
+    assert_eq!(dest.tip().hash, blocks[2].hash());
+    assert_eq!(dest.account(&n.bob).unwrap().balance, 30);
+    // Not an extension of the tip: nothing taken, no error.
+    let (taken, err) = dest.extend(&blocks[..2], NOW, SigCheck::Verify).unwrap();
+    assert_eq!((taken, err.is_none()), (0, true));
+    // A forged signature in the last block: the valid one before it still goes in.
+    let mut bad = blocks[4].clone();
+    bad.txs[0].signature.0[0] ^= 1;
+    let (taken, err) = dest
+        .extend(&[blocks[3].clone(), bad], NOW, SigCheck::Verify)
+        .unwrap();
+    assert_eq!(taken, 1);
+    assert!(matches!(err, Some(ImportError::Invalid { .. })), "{err:?}");
+    assert_eq!(dest.tip().hash, blocks[3].hash());
+    assert_eq!(dest.account(&n.bob).unwrap().balance, 40);
+    // Batch verification names the forgery too; the honest blocks pass.
+    let chain = n.genesis.hash();
+    assert!(crate::rules::tx_signatures_valid(&chain, &blocks));
+    let mut forged = blocks.clone();
+    forged[4].txs[0].signature.0[0] ^= 1;
+    assert!(!crate::rules::tx_signatures_valid(&chain, &forged));
+    // The state after a batched import equals the source's, and it survives a reopen.
+    dest.extend(&blocks[4..], NOW, SigCheck::Verify).unwrap();
+    assert_eq!(dest.tip(), src.tip());
+    let dir = _e.path().to_path_buf();
+    drop(dest);
+    let dest = Store::open(&dir, &n.genesis).unwrap();
+    assert_eq!(dest.tip(), src.tip());
+    assert_eq!(dest.account(&n.bob).unwrap().balance, 50);
+}

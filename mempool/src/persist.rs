@@ -99,6 +99,28 @@ impl PersistentPool {
         Ok(r)
     }
 
+    /// Adds many transactions with one write; `sigs_verified`: their signatures were
+    /// checked by the caller.
+    pub fn add_many(
+        &mut self,
+        txs: Vec<Tx>,
+        state: &dyn AccountState,
+        sigs_verified: bool,
+    ) -> Result<Vec<Result<Added, AddError>>, sled::Error> {
+        let r = txs
+            .into_iter()
+            .map(|tx| {
+                if sigs_verified {
+                    self.pool.add_verified(tx, state)
+                } else {
+                    self.pool.add(tx, state)
+                }
+            })
+            .collect();
+        self.sync()?;
+        Ok(r)
+    }
+
     pub fn on_new_tip(
         &mut self,
         applied: &[chainmesh_proto::Block],

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub timeout: Duration,
     pub net: mpsc::Sender<NetCommand>,
     pub sync: watch::Receiver<SyncView>,
+    /// Prometheus registry (libp2p's metrics so far).
+    pub metrics: std::sync::Arc<prometheus_client::registry::Registry>,
 }
 
 pub struct ApiError {
@@ -122,6 +124,7 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/status", get(status))
         .route("/peers", get(peers))
         .route("/net", get(net_stats))
+        .route("/metrics", get(metrics))
         .route("/blocks/{id}", get(block))
         .route("/accounts/{address}", get(account))
         .route("/txs", axum::routing::post(submit_tx))
@@ -164,6 +167,22 @@ async fn peers(State(st): State<ApiState>) -> ApiResult<Vec<PeerView>> {
         }
         _ => Err(ApiError::busy()),
     }
+}
+
+/// Prometheus text exposition format.
+async fn metrics(
+    State(st): State<ApiState>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &st.metrics)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    ))
 }
 
 async fn net_stats(State(st): State<ApiState>) -> ApiResult<NetStats> {

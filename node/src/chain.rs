@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chainmesh_chain_sync::state::AccountReader;
+use chainmesh_chain_sync::state::{AccountReader, SigCheck};
 use chainmesh_chain_sync::store::AccountsTree;
 use chainmesh_chain_sync::store::ImportError;
 use chainmesh_chain_sync::sync::ImportResult;
@@ -17,6 +17,10 @@ use chainmesh_proto::{Account, Address, Hash, Keypair, Tx};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Most blocks, and transactions, written in one transaction: large enough that the
+/// per-transaction cost vanishes, small enough that one write stays a few MB.
+const MAX_RUN: usize = 256;
+const MAX_RUN_TXS: usize = 16_384;
 /// Most commands taken in one round before a flush.
 const MAX_BATCH: usize = 256;
 /// Capacity of the command channel: beyond it the API answers 503 at once.
@@ -37,8 +41,10 @@ pub enum Command {
         reply: oneshot::Sender<u64>,
     },
     /// Blocks from sync, in order: imported one by one, made durable with one flush.
+    /// `sigs_verified`: the network task batch-verified their transaction signatures.
     ImportBlocks {
         blocks: Vec<chainmesh_proto::Block>,
+        sigs_verified: bool,
         reply: oneshot::Sender<ImportResult>,
     },
     /// Pending transactions by id, for peers: found ones and the ids we lack.
@@ -48,8 +54,10 @@ pub enum Command {
     },
     /// Transactions from peers (gossip, pool sync): each added or refused, in order. The
     /// network spreads them itself, so they raise no [`ChainEvent`].
+    /// `sigs_verified`: the network task batch-verified their signatures.
     SubmitTxs {
         txs: Vec<Tx>,
+        sigs_verified: bool,
         reply: oneshot::Sender<Vec<Result<Hash, SubmitError>>>,
     },
     /// For a compact block: per short id (salted with `block`), the pool's transaction
@@ -242,11 +250,12 @@ impl ChainService {
                     }
                     replies.push((reply, r));
                 }
-                Command::SubmitTxs { txs, reply } => {
-                    let r: Vec<_> = txs
-                        .into_iter()
-                        .map(|tx| self.add_tx(tx, &mut wrote))
-                        .collect();
+                Command::SubmitTxs {
+                    txs,
+                    sigs_verified,
+                    reply,
+                } => {
+                    let r = self.add_txs(txs, sigs_verified, &mut wrote);
                     peer_replies.push((reply, r));
                 }
                 Command::PoolByShortIds {
@@ -262,8 +271,17 @@ impl ChainService {
                 Command::PendingTx { id, reply } => {
                     let _ = reply.send(self.pool.pool().get(&id).cloned());
                 }
-                Command::ImportBlocks { blocks, reply } => {
-                    let _ = reply.send(self.import_blocks(blocks));
+                Command::ImportBlocks {
+                    blocks,
+                    sigs_verified,
+                    reply,
+                } => {
+                    let sig = if sigs_verified {
+                        SigCheck::AlreadyVerified
+                    } else {
+                        SigCheck::Verify
+                    };
+                    let _ = reply.send(self.import_blocks(blocks, sig));
                 }
                 Command::PoolTxs { ids, reply } => {
                     let mut found = Vec::new();
@@ -311,11 +329,40 @@ impl ChainService {
         self.publish_status();
     }
 
+    /// Adds peers' transactions with one write for all of them.
+    fn add_txs(
+        &mut self,
+        txs: Vec<Tx>,
+        sigs_verified: bool,
+        wrote: &mut bool,
+    ) -> Vec<Result<Hash, SubmitError>> {
+        let n = txs.len();
+        let state = PoolState(self.store.account_reader());
+        match self.pool.add_many(txs, &state, sigs_verified) {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(added) => {
+                        *wrote = true;
+                        tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
+                        Ok(added.id)
+                    }
+                    Err(e) => Err(SubmitError::Rejected(e)),
+                })
+                .collect(),
+            Err(e) => (0..n)
+                .map(|_| Err(SubmitError::Storage(e.to_string())))
+                .collect(),
+        }
+    }
+
     fn add_tx(&mut self, tx: Tx, wrote: &mut bool) -> Result<Hash, SubmitError> {
         let state = PoolState(self.store.account_reader());
         match self.pool.add(tx, &state) {
             Ok(Ok(added)) => {
                 *wrote = true;
+                // First sight of a transaction, for latency measurements across nodes.
+                tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
                 Ok(added.id)
             }
             Ok(Err(e)) => Err(SubmitError::Rejected(e)),
@@ -356,7 +403,9 @@ impl ChainService {
         let txs = built.block.txs.len();
         let hash = built.block.hash();
         let block = built.block.clone();
-        if let ImportOutcome::NewTip { tip, .. } = self.import_block(built.block)? {
+        if let ImportOutcome::NewTip { tip, .. } =
+            self.import_block_with(built.block, SigCheck::AlreadyVerified)?
+        {
             tracing::info!(height = tip.height, slot, txs, hash = %hash, "produced block");
             self.emit(ChainEvent::Produced(block));
         }
@@ -366,7 +415,19 @@ impl ChainService {
     /// Imports a block (ours or a peer's), makes it durable, and brings the mempool in
     /// line: included transactions leave it, those of blocks a reorg abandoned return.
     pub fn import_block(&mut self, block: chainmesh_proto::Block) -> anyhow::Result<ImportOutcome> {
-        let outcome = self.store.import(block, now_ms())?;
+        self.import_block_with(block, SigCheck::Verify)
+    }
+
+    fn import_block_with(
+        &mut self,
+        block: chainmesh_proto::Block,
+        sig: SigCheck,
+    ) -> anyhow::Result<ImportOutcome> {
+        let hash = block.hash();
+        let outcome = self.store.import_with(block, now_ms(), sig)?;
+        if !matches!(outcome, ImportOutcome::AlreadyKnown) {
+            tracing::trace!(target: "chainmesh::seen", block = %hash, "block");
+        }
         if let ImportOutcome::NewTip {
             applied, reverted, ..
         } = &outcome
@@ -398,36 +459,79 @@ impl ChainService {
 
     /// Imports a run of blocks from sync with a single flush at the end (a tip is
     /// reported only after it), stopping at the first failure.
-    pub fn import_blocks(&mut self, blocks: Vec<chainmesh_proto::Block>) -> ImportResult {
+    pub fn import_blocks(
+        &mut self,
+        blocks: Vec<chainmesh_proto::Block>,
+        sig: SigCheck,
+    ) -> ImportResult {
         let mut applied = Vec::new();
         let mut reverted = Vec::new();
         let mut result = ImportResult::Done;
         let now = now_ms();
-        for b in blocks {
-            let hash = b.hash();
-            match self.store.import(b, now) {
-                Ok(ImportOutcome::NewTip {
-                    applied: a,
-                    reverted: r,
-                    ..
-                }) => {
-                    applied.extend(a);
-                    reverted.extend(r);
+        let failed = |hash, e: ImportError| ImportResult::Failed {
+            hash,
+            invalid: matches!(e, ImportError::Invalid { .. }),
+            reason: e.to_string(),
+        };
+        let mut rest = blocks.into_iter().peekable();
+        let mut run = Vec::new();
+        while rest.peek().is_some() {
+            // Blocks that extend the tip one after another go in as one write; anything
+            // else (a known block, a fork) takes the general path, one block.
+            run.clear();
+            let mut txs = 0;
+            while run.len() < MAX_RUN && txs < MAX_RUN_TXS {
+                let Some(b) = rest.next() else { break };
+                txs += b.txs.len();
+                run.push(b);
+            }
+            match self.store.extend(&run, now, sig) {
+                Ok((n, err)) => {
+                    let stopped = run.get(n).map(|b| b.hash());
+                    let mut tail = run.split_off(n);
+                    applied.append(&mut run);
+                    if let (Some(e), Some(h)) = (err, stopped) {
+                        result = failed(h, e);
+                        break;
+                    }
+                    if tail.is_empty() {
+                        continue;
+                    }
+                    let b = tail.remove(0);
+                    // The rest of this run goes back in front of the remaining blocks.
+                    let later: Vec<_> = tail.into_iter().chain(rest).collect();
+                    rest = later.into_iter().peekable();
+                    let hash = b.hash();
+                    match self.store.import_with(b, now, sig) {
+                        Ok(ImportOutcome::NewTip {
+                            applied: a,
+                            reverted: r,
+                            ..
+                        }) => {
+                            applied.extend(a);
+                            reverted.extend(r);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            result = failed(hash, e);
+                            break;
+                        }
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
-                    let invalid = matches!(e, ImportError::Invalid { .. });
-                    result = ImportResult::Failed {
-                        hash,
-                        invalid,
-                        reason: e.to_string(),
-                    };
+                    let hash = run
+                        .first()
+                        .map_or(chainmesh_proto::Hash::ZERO, |b| b.hash());
+                    result = failed(hash, e);
                     break;
                 }
             }
         }
         if applied.is_empty() && reverted.is_empty() {
             return result;
+        }
+        for b in &applied {
+            tracing::trace!(target: "chainmesh::seen", block = %b.hash(), "block");
         }
         let durable = self
             .store

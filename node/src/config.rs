@@ -49,6 +49,9 @@ pub struct P2pConfig {
     /// Take part in gossip (transactions and compact blocks). Without it the node still
     /// gets the mempool through `pool` and blocks through sync.
     pub gossip: bool,
+    /// Pull-based mempool sync (`pool` protocol): grant permits to peers. Serving theirs
+    /// stays on either way.
+    pub pool_sync: bool,
     /// Peers kept at most; a peer beyond it gets addresses of others (pex) and is then
     /// disconnected. The hard limits above still apply.
     pub max_peers: u32,
@@ -121,6 +124,7 @@ impl Default for P2pConfig {
             sync_requests_per_second: 50,
             sync_max_blocks: 256,
             gossip: true,
+            pool_sync: true,
             max_peers: 50,
             target_peers: 8,
         }
@@ -323,12 +327,15 @@ sync_max_blocks = {max_blocks}
 # Gossip of transactions and compact blocks (gossipsub). The mempool also syncs by pull
 # (`pool` protocol) either way.
 gossip = {gossip}
+# Pull-based mempool sync: ask peers for their pool log (we always answer theirs).
+pool_sync = {pool_sync}
 # Peers kept at most: a peer beyond it is given addresses of others, then disconnected.
 max_peers = {max_peers}
 # Below this many peers, dial known addresses (kept in the database) and ask peers for more.
 target_peers = {target_peers}
 "#,
         gossip = p.gossip,
+        pool_sync = p.pool_sync,
         max_peers = p.max_peers,
         target_peers = p.target_peers,
         listen = list(p2p_listen),

@@ -440,6 +440,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
 
     let rt = runtime()?;
     let served = rt.block_on(async {
+        let mut registry = prometheus_client::registry::Registry::default();
         let net = p2p::start(
             p2p::NetworkParams {
                 cfg: cfg.p2p.clone(),
@@ -452,6 +453,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
                 events: events_rx,
             },
             Vec::new(),
+            &mut registry,
         )?;
         let listener = api::bind(cfg.api.listen).await?;
         let bound = listener.local_addr()?;
@@ -466,6 +468,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
             timeout: Duration::from_millis(cfg.api.request_timeout_ms),
             net: net.commands,
             sync: net.sync,
+            metrics: std::sync::Arc::new(registry),
         };
         axum::serve(listener, api::router(state, cfg.api.max_body_bytes))
             .with_graceful_shutdown(shutdown_signal())

@@ -103,6 +103,25 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
         .is_ok()
 }
 
+/// Verifies many signatures at once (ed25519 batch verification: about twice the rate
+/// of one by one). `false` if any is invalid, without saying which: callers that need the
+/// culprit verify one by one after a failure.
+pub fn verify_batch(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
+    let mut keys = Vec::with_capacity(items.len());
+    for (k, _, _) in items {
+        match VerifyingKey::from_bytes(&k.0) {
+            Ok(vk) => keys.push(vk),
+            Err(_) => return false,
+        }
+    }
+    let msgs: Vec<&[u8]> = items.iter().map(|(_, m, _)| *m).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = items
+        .iter()
+        .map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(&s.0))
+        .collect();
+    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

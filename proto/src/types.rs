@@ -258,6 +258,13 @@ impl Tx {
 
     /// Checks that need no state: amount, fee floor, overflow, signature.
     pub fn check_stateless(&self, chain: &Hash, min_fee: u64) -> Result<(), TxError> {
+        self.check_stateless_unsigned(min_fee)?;
+        self.verify_signature(chain)
+    }
+
+    /// [`Tx::check_stateless`] but for the signature, for transactions whose signatures
+    /// were verified already (in a batch).
+    pub fn check_stateless_unsigned(&self, min_fee: u64) -> Result<(), TxError> {
         if self.amount == 0 {
             return Err(TxError::ZeroAmount);
         }
@@ -268,7 +275,7 @@ impl Tx {
             });
         }
         self.cost()?;
-        self.verify_signature(chain)
+        Ok(())
     }
 }
 

@@ -72,8 +72,11 @@ impl Node {
             child: Some(child),
             dir: dir.to_path_buf(),
             api: String::new(),
+            // No keep-alive: a test that sends an oversized body gets its 413 and the
+            // server closes that connection; a pooled connection would race that close.
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
         };
@@ -162,7 +165,13 @@ impl Node {
             .http
             .get(format!("{}{path}", self.api))
             .send()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_tail()));
+            .unwrap_or_else(|e| {
+                let alive = std::path::Path::new(&format!("/proc/{}", self.pid())).exists();
+                panic!(
+                    "GET {path}: {e:?} (node process alive: {alive})\n{}",
+                    self.log()
+                )
+            });
         r.json().unwrap()
     }
 

@@ -9,7 +9,7 @@ use chainmesh_behaviours::gossip::{self, GossipMessage};
 use chainmesh_behaviours::peers::Fault;
 use chainmesh_behaviours::sync::Request;
 use chainmesh_chain_sync::relay::{RelayAction, Verdict};
-use chainmesh_chain_sync::rules::validate_header_alone;
+use chainmesh_chain_sync::rules::{tx_signatures_valid, validate_header_alone};
 use chainmesh_chain_sync::sync::ImportResult;
 use chainmesh_mempool::AddError;
 use chainmesh_proto::{Block, CompactBlock, Hash, Tx, TxError, wire};
@@ -107,14 +107,11 @@ impl Net {
         }
         let batch = std::mem::take(&mut self.gossip_txs);
         let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+        let (slots, genesis) = (self.verify_slots.clone(), self.genesis_hash);
         tokio::spawn(async move {
             let (tags, txs): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|(id, p, tx)| ((id, p), tx)).unzip();
-            let (reply, rx) = oneshot::channel();
-            let results = match chain.send(Command::SubmitTxs { txs, reply }).await {
-                Ok(()) => rx.await.ok(),
-                Err(_) => None,
-            };
+            let results = super::verify::submit_verified(chain, slots, genesis, txs).await;
             let _ = internal.send(Internal::GossipTxs { tags, results }).await;
         });
     }
@@ -245,11 +242,29 @@ impl Net {
                     self.stats.block_bytes += wire::encode_block(&block).len() as u64;
                     let hash = block.hash();
                     let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+                    let genesis = self.genesis_hash;
                     tokio::spawn(async move {
+                        // Batch-verify on all cores rather than one by one in the chain task.
+                        let verified = tokio::task::spawn_blocking(move || {
+                            let ok = tx_signatures_valid(&genesis, std::slice::from_ref(&block));
+                            (ok, block)
+                        })
+                        .await;
+                        let Ok((sigs_verified, block)) = verified else {
+                            let result = Err(false);
+                            let _ = internal
+                                .send(Internal::RelayImported {
+                                    block: hash,
+                                    result,
+                                })
+                                .await;
+                            return;
+                        };
                         let (reply, rx) = oneshot::channel();
                         let r = match chain
                             .send(Command::ImportBlocks {
                                 blocks: vec![block],
+                                sigs_verified,
                                 reply,
                             })
                             .await

@@ -22,6 +22,7 @@ mod pex;
 mod pool_sync;
 pub mod serve;
 pub mod swarm;
+mod verify;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::chain::{ChainEvent, Command, NodeStatus, SubmitError, now_ms};
 use crate::config::P2pConfig;
 use addr_book::AddrBook;
+use libp2p::metrics::Recorder;
+use prometheus_client::registry::Registry;
 use prost::Message as _;
 use swarm::{Behaviour, BehaviourEvent};
 
@@ -121,6 +124,8 @@ pub struct NetStats {
     pub pool_entries_received: u64,
     pub pool_entries_served: u64,
     pub pool_txs_fetched: u64,
+    /// Bytes of pool answers (ids) and of the transactions fetched for them.
+    pub pool_bytes_received: u64,
     pub pool_txs_added: u64,
     pub known_addresses: usize,
     pub confirmed_addresses: usize,
@@ -211,12 +216,17 @@ enum Internal {
         asked: Vec<Hash>,
         results: Vec<Result<Hash, SubmitError>>,
     },
+    Verified {
+        hashes: Vec<Hash>,
+        ok: bool,
+    },
 }
 
 const INTERNAL_QUEUE: usize = 1024;
 
 struct Net {
     swarm: Swarm<Behaviour>,
+    metrics: libp2p::metrics::Metrics,
     cfg: P2pConfig,
     genesis: Genesis,
     genesis_hash: Hash,
@@ -242,6 +252,8 @@ struct Net {
     last_pex_ask: Option<Instant>,
     pex_limiter: RateLimiter<PeerId>,
     last_tend: Instant,
+    verify: verify::VerifyAhead,
+    verify_slots: std::sync::Arc<tokio::sync::Semaphore>,
     limiter: RateLimiter<PeerId>,
     serving: usize,
     served_tx: mpsc::Sender<(ResponseChannel<pb_net::SyncResponse>, Response)>,
@@ -267,10 +279,16 @@ fn fault_of(f: SyncFault) -> Fault {
     }
 }
 
-/// Starts the swarm: listens, dials bootstrap peers, and spawns the event loop.
-pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Result<NetworkHandle> {
+/// Starts the swarm: listens, dials bootstrap peers, and spawns the event loop. libp2p's
+/// metrics are registered in `registry`.
+pub fn start(
+    p: NetworkParams,
+    extra_bootstrap: Vec<Multiaddr>,
+    registry: &mut Registry,
+) -> anyhow::Result<NetworkHandle> {
     let key = swarm::load_or_create_identity(&p.data_dir)?;
-    let mut swarm = swarm::build(key, &p.genesis.network_id, &p.cfg)?;
+    let mut swarm = swarm::build(key, &p.genesis.network_id, &p.cfg, registry)?;
+    let metrics = libp2p::metrics::Metrics::new(registry);
     let book = AddrBook::open(p.db.open_tree("addrs")?, ADDR_BOOK_SIZE)?;
     for a in &p.cfg.listen {
         let addr: Multiaddr = a
@@ -331,6 +349,7 @@ pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Resul
     let rps = p.cfg.sync_requests_per_second;
     let mut net = Net {
         swarm,
+        metrics,
         genesis: p.genesis.clone(),
         genesis_hash: tip.genesis,
         network_id: p.genesis.network_id.clone(),
@@ -356,6 +375,8 @@ pub fn start(p: NetworkParams, extra_bootstrap: Vec<Multiaddr>) -> anyhow::Resul
         // A peer asks for addresses now and then; once a second is plenty.
         pex_limiter: RateLimiter::new(Quota::new(1, 3), p.cfg.max_connections as usize * 2),
         last_tend: Instant::now(),
+        verify: verify::VerifyAhead::default(),
+        verify_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         limiter: RateLimiter::new(
             Quota::new(rps, rps.saturating_mul(2)),
             p.cfg.max_connections as usize * 2,
@@ -452,6 +473,7 @@ impl Net {
                 asked,
                 results,
             } => self.on_pull_added(peer, asked, results),
+            Internal::Verified { hashes, ok } => self.on_verified(hashes, ok),
         }
     }
 
@@ -522,6 +544,7 @@ impl Net {
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&ev);
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
@@ -628,6 +651,12 @@ impl Net {
     }
 
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match &ev {
+            BehaviourEvent::Identify(e) => self.metrics.record(e),
+            BehaviourEvent::Ping(e) => self.metrics.record(e),
+            BehaviourEvent::Gossip(e) => self.metrics.record(e),
+            _ => {}
+        }
         match ev {
             BehaviourEvent::Identify(libp2p::identify::Event::Received {
                 peer_id, info, ..
@@ -780,7 +809,10 @@ impl Net {
                 let now = now_ms();
                 match Response::from_pb(response) {
                     Ok(Response::Headers(h)) => self.syncer.on_headers(id, h, now),
-                    Ok(Response::Blocks(b)) => self.syncer.on_blocks(id, b, now),
+                    Ok(Response::Blocks(b)) => {
+                        self.verify_ahead(&b);
+                        self.syncer.on_blocks(id, b, now)
+                    }
                     Ok(Response::Error(e)) => {
                         tracing::debug!(peer = %peer, error = ?e, "peer declined a sync request");
                         self.syncer.on_failure(id, false, now);
@@ -833,6 +865,7 @@ impl Net {
                 self.on_relay_block(block, b.pop().map(|b| (b, bytes)))
             }
             (Outbound::PullTxs { asked }, Ok(Response::Txs { txs, .. })) => {
+                self.stats.pool_bytes_received += bytes as u64;
                 self.on_pull_txs(peer, asked, Some(txs))
             }
             (tag, Ok(Response::Error(e))) => {
@@ -1007,26 +1040,7 @@ impl Net {
                     };
                     self.request(peer, req, Outbound::Sync(id));
                 }
-                Action::Import { blocks } => {
-                    let (chain, tx) = (self.chain.clone(), self.import_tx.clone());
-                    tokio::spawn(async move {
-                        let (reply, rx) = oneshot::channel();
-                        let result = match chain.send(Command::ImportBlocks { blocks, reply }).await
-                        {
-                            Ok(()) => rx.await.unwrap_or(ImportResult::Failed {
-                                hash: Hash::ZERO,
-                                invalid: false,
-                                reason: "chain task stopped".into(),
-                            }),
-                            Err(_) => ImportResult::Failed {
-                                hash: Hash::ZERO,
-                                invalid: false,
-                                reason: "chain task stopped".into(),
-                            },
-                        };
-                        let _ = tx.send(result).await;
-                    });
-                }
+                Action::Import { blocks } => self.import_when_verified(blocks),
                 Action::Penalize {
                     peer,
                     fault,

@@ -52,6 +52,7 @@ impl Net {
                 let Some(max) = self.permits_out.remove(&request_id) else {
                     return;
                 };
+                let bytes = prost::Message::encoded_len(&response);
                 let parsed = pool::entries_from_pb(response, max)
                     .map_err(|e| e.to_string())
                     .and_then(|(ids, next)| {
@@ -62,6 +63,7 @@ impl Net {
                 match parsed {
                     Ok(fresh) => {
                         self.stats.pool_entries_received += fresh.len() as u64;
+                        self.stats.pool_bytes_received += bytes as u64;
                         self.fetch_missing(peer, fresh);
                     }
                     Err(e) => {
@@ -199,6 +201,9 @@ impl Net {
 
     /// Grants permits to every peer that may have one now.
     pub(super) fn grant_permits(&mut self) {
+        if !self.cfg.pool_sync {
+            return;
+        }
         for (peer, p) in self.pull.permits(now_ms()) {
             let id = self
                 .swarm
@@ -276,12 +281,11 @@ impl Net {
         }
         txs.sort_by_key(|t| (t.from, t.nonce));
         let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+        let (slots, genesis) = (self.verify_slots.clone(), self.genesis_hash);
         tokio::spawn(async move {
-            let (reply, rx) = oneshot::channel();
-            let results = match chain.send(Command::SubmitTxs { txs, reply }).await {
-                Ok(()) => rx.await.unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
+            let results = super::verify::submit_verified(chain, slots, genesis, txs)
+                .await
+                .unwrap_or_default();
             let _ = internal
                 .send(Internal::PullAdded {
                     peer,

@@ -13,6 +13,7 @@ use libp2p::{
 };
 
 use crate::config::P2pConfig;
+use prometheus_client::registry::Registry;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -45,10 +46,12 @@ pub fn load_or_create_identity(data_dir: &Path) -> anyhow::Result<identity::Keyp
     identity::Keypair::ed25519_from_bytes(k.seed()).context("invalid p2p key")
 }
 
+/// Builds the swarm; libp2p's metrics (bytes per protocol, gossipsub) go to `registry`.
 pub fn build(
     key: identity::Keypair,
     network_id: &str,
     cfg: &P2pConfig,
+    registry: &mut Registry,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let timeout = Duration::from_secs(cfg.request_timeout_secs);
     let limits = connection_limits::ConnectionLimits::default()
@@ -67,6 +70,7 @@ pub fn build(
             yamux::Config::default,
         )?
         .with_quic()
+        .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 Ok(Behaviour {
@@ -81,7 +85,10 @@ pub fn build(
                     ),
                     status: status::new(&net, timeout),
                     sync: sync::new(&net, timeout),
-                    gossip: gossip::new(key, &net)?,
+                    gossip: gossip::new(key, &net)?.with_metrics(
+                        registry.sub_registry_with_prefix("gossipsub"),
+                        Default::default(),
+                    ),
                     pool: pool::new(&net, timeout),
                     pex: pex::new(&net, timeout),
                 })

@@ -1,7 +1,7 @@
 //! chainmesh benchmarks. Run from the repository root:
 //!
 //! ```sh
-//! cargo run --release -p chainmesh-bench -- [--quick] [--out DIR]
+//! cargo run --release -p chainmesh-bench -- [--quick] [--out DIR] [--only NAME-PART]
 //! ```
 //!
 //! First it calibrates this machine in the same run: (a) raw libp2p stream throughput
@@ -25,13 +25,20 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, noise, tcp, yamux};
 use serde::Serialize;
 
+mod gossip;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("node") {
         let node_args = std::iter::once("chainmesh".to_string()).chain(args[2..].iter().cloned());
         return chainmesh_node::main_from(node_args);
     }
-    match run(&args[1..]) {
+    let result = if args.get(1).map(String::as_str) == Some("gossip") {
+        run_gossip(&args[2..])
+    } else {
+        run(&args[1..])
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -120,8 +127,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             },
         ]
     };
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     let mut results = Vec::new();
-    for w in &workloads {
+    for w in workloads
+        .iter()
+        .filter(|w| only.is_none_or(|o| w.name.contains(o.as_str())))
+    {
         for &peers in w.peers {
             eprintln!("sync: {} x {} from {peers} peer(s)...", w.blocks, w.name);
             let r = bench_sync(w, peers, &cal)?;
@@ -133,6 +147,61 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     write_report(&out, quick, &cal, &results, started.elapsed())?;
+    Ok(())
+}
+
+/// `chainmesh-bench gossip [--quick] [--out DIR]`: the gossip and mempool benchmark.
+fn run_gossip(args: &[String]) -> anyhow::Result<()> {
+    use gossip::Mode;
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or(PathBuf::from("."), PathBuf::from);
+    let sizes: &[usize] = if quick { &[10] } else { &[10, 30] };
+    let (txs, rate) = if quick { (300, 50) } else { (1_500, 100) };
+    let mut results = Vec::new();
+    for &n in sizes {
+        for mode in [
+            Mode::DirectPush,
+            Mode::Both,
+            Mode::GossipOnly,
+            Mode::PullOnly,
+        ] {
+            eprintln!("gossip: {n} nodes, {mode:?}, {txs} txs at {rate}/s...");
+            let r = gossip::bench_gossip(n, mode, txs, rate)?;
+            eprintln!(
+                "  reached all {} of {}, tx p50 {:.0} ms p99 {:.0} ms, block p50 {:.0} ms p99 {:.0} ms, amplification {:.2} (gossip {:.2}, pull {:.2})",
+                r.txs_reached_all,
+                r.txs,
+                r.tx_p50_ms,
+                r.tx_p99_ms,
+                r.block_p50_ms,
+                r.block_p99_ms,
+                r.amplification,
+                r.amplification_gossip,
+                r.amplification_pull
+            );
+            results.push(r);
+        }
+    }
+    let ingest_txs = if quick { 5_000 } else { 20_000 };
+    eprintln!("ingest: {ingest_txs} txs by pull...");
+    let ingest = gossip::bench_ingest(ingest_txs)?;
+    let command = format!(
+        "cargo run --release -p chainmesh-bench -- gossip{}",
+        if quick { " --quick" } else { "" }
+    );
+    let md = gossip::report(&results, &ingest, &command);
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("BENCHMARKS.gossip.md"), &md)?;
+    let json = serde_json::json!({ "mode": if quick { "quick" } else { "full" }, "gossip": results, "ingest": ingest });
+    std::fs::write(
+        out.join("bench-gossip.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("{md}");
     Ok(())
 }
 
@@ -235,10 +304,16 @@ fn calibrate_sled(value_size: usize, total: usize) -> anyhow::Result<f64> {
     Ok((i as usize * value_size) as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
-fn calibrate_verify(batch: bool) -> f64 {
-    use ed25519_dalek::{Signer, SigningKey, Verifier};
-    let n: usize = 4_096;
-    let keys: Vec<SigningKey> = (0..16)
+/// Messages shaped like transaction signing bytes, their signatures and keys.
+pub(crate) struct VerifyFixture {
+    msgs: Vec<Vec<u8>>,
+    sigs: Vec<ed25519_dalek::Signature>,
+    keys: Vec<ed25519_dalek::VerifyingKey>,
+}
+
+pub(crate) fn verify_fixture(n: usize) -> VerifyFixture {
+    use ed25519_dalek::{Signer, SigningKey};
+    let signers: Vec<SigningKey> = (0..16)
         .map(|_| SigningKey::generate(&mut rand::rngs::OsRng))
         .collect();
     let msgs: Vec<Vec<u8>> = (0..n)
@@ -251,30 +326,45 @@ fn calibrate_verify(batch: bool) -> f64 {
             .concat()
         })
         .collect();
-    let sigs: Vec<_> = msgs
+    let sigs = msgs
         .iter()
         .enumerate()
-        .map(|(i, m)| keys[i % 16].sign(m))
+        .map(|(i, m)| signers[i % 16].sign(m))
         .collect();
-    let vks: Vec<_> = (0..n).map(|i| keys[i % 16].verifying_key()).collect();
-    let t = Instant::now();
-    if batch {
-        for c in 0..n / 64 {
-            let r = c * 64..(c + 1) * 64;
-            let m: Vec<&[u8]> = msgs[r.clone()].iter().map(Vec::as_slice).collect();
-            ed25519_dalek::verify_batch(&m, &sigs[r.clone()], &vks[r]).expect("valid batch");
-        }
-    } else {
-        for i in 0..n {
-            vks[i].verify(&msgs[i], &sigs[i]).expect("valid signature");
+    let keys = (0..n).map(|i| signers[i % 16].verifying_key()).collect();
+    VerifyFixture { msgs, sigs, keys }
+}
+
+/// Verifies the fixture in batches of 64; returns how many signatures passed.
+pub(crate) fn verify_batches(f: &VerifyFixture) -> usize {
+    let mut ok = 0;
+    for c in 0..f.msgs.len() / 64 {
+        let r = c * 64..(c + 1) * 64;
+        let m: Vec<&[u8]> = f.msgs[r.clone()].iter().map(Vec::as_slice).collect();
+        if ed25519_dalek::verify_batch(&m, &f.sigs[r.clone()], &f.keys[r]).is_ok() {
+            ok += 64;
         }
     }
+    ok
+}
+
+fn calibrate_verify(batch: bool) -> f64 {
+    use ed25519_dalek::Verifier;
+    let f = verify_fixture(4_096);
+    let t = Instant::now();
+    let n = if batch {
+        verify_batches(&f)
+    } else {
+        (0..f.msgs.len())
+            .filter(|&i| f.keys[i].verify(&f.msgs[i], &f.sigs[i]).is_ok())
+            .count()
+    };
     n as f64 / t.elapsed().as_secs_f64()
 }
 
 // ---------------------------------------------------------------- sync
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -349,7 +439,7 @@ fn home(root: &Path, name: &str, n: &Net) -> anyhow::Result<PathBuf> {
     Ok(h)
 }
 
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -359,13 +449,27 @@ impl Drop for Proc {
 }
 
 fn start(h: &Path, extra: &[String]) -> anyhow::Result<(Proc, String)> {
+    start_logged(h, extra, "warn,chainmesh_node::p2p=info", false)
+}
+
+/// Starts a node (this binary's `node` subcommand) with its log at `level`, in JSON if
+/// asked, in `<home>/node.log`; returns it with its API URL.
+pub(crate) fn start_logged(
+    h: &Path,
+    extra: &[String],
+    level: &str,
+    json: bool,
+) -> anyhow::Result<(Proc, String)> {
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(h.join("node.log"))?;
+    let format = if json { "json" } else { "human" };
     let child = Command::new(exe)
         .args([
             "node",
+            "--log-format",
+            format,
             "--log-level",
-            "warn,chainmesh_node::p2p=info",
+            level,
             "run",
             "--config",
         ])
@@ -390,7 +494,7 @@ fn start(h: &Path, extra: &[String]) -> anyhow::Result<(Proc, String)> {
     }
 }
 
-fn p2p_addr(h: &Path) -> anyhow::Result<String> {
+pub(crate) fn p2p_addr(h: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(s) = std::fs::read_to_string(h.join("data/p2p.addrs"))

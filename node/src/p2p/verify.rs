@@ -1,0 +1,171 @@
+//! Signature verification ahead of import, so that it overlaps with download and with
+//! the chain task's writes: the transaction signatures of every batch of synced blocks
+//! are batch-verified on all cores as soon as the batch arrives; when the syncer hands
+//! the blocks to import, the chain task skips what was verified. One verification job
+//! runs at a time (it uses every core itself).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chainmesh_chain_sync::rules::{tx_signatures, tx_signatures_valid};
+use chainmesh_chain_sync::sync::ImportResult;
+use chainmesh_mempool::AddError;
+use chainmesh_proto::{Block, Hash, Tx, TxError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Internal, Net};
+use crate::chain::{Command, SubmitError};
+
+/// Most block hashes remembered as verified or being verified; beyond it (the syncer
+/// threw batches away) they are forgotten, which only costs a second verification.
+const MAX_TRACKED: usize = 32_768;
+
+#[derive(Default)]
+pub(super) struct VerifyAhead {
+    verifying: HashSet<Hash>,
+    verified: HashSet<Hash>,
+    /// An import waiting for its blocks' verification to finish.
+    held: Option<Vec<Block>>,
+}
+
+impl Net {
+    /// Starts verifying a batch of synced blocks.
+    pub(super) fn verify_ahead(&mut self, blocks: &[Block]) {
+        if blocks.iter().all(|b| b.txs.is_empty()) {
+            return;
+        }
+        let v = &mut self.verify;
+        if v.verifying.len() + v.verified.len() > MAX_TRACKED {
+            v.verifying.clear();
+            v.verified.clear();
+        }
+        let hashes: Vec<Hash> = blocks.iter().map(Block::hash).collect();
+        v.verifying.extend(hashes.iter().copied());
+        let blocks = blocks.to_vec();
+        let (chain, slots, internal) = (
+            self.genesis_hash,
+            self.verify_slots.clone(),
+            self.internal_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let ok = match slots.acquire_owned().await {
+                Ok(_permit) => {
+                    tokio::task::spawn_blocking(move || tx_signatures_valid(&chain, &blocks))
+                        .await
+                        .unwrap_or(false)
+                }
+                Err(_) => false,
+            };
+            let _ = internal.send(Internal::Verified { hashes, ok }).await;
+        });
+    }
+
+    pub(super) fn on_verified(&mut self, hashes: Vec<Hash>, ok: bool) {
+        for h in hashes {
+            if self.verify.verifying.remove(&h) && ok {
+                self.verify.verified.insert(h);
+            }
+        }
+        let ready = self
+            .verify
+            .held
+            .as_ref()
+            .is_some_and(|b| !b.iter().any(|b| self.verify.verifying.contains(&b.hash())));
+        if ready && let Some(blocks) = self.verify.held.take() {
+            self.import_synced(blocks);
+        }
+    }
+
+    /// The syncer's next blocks to import: sent once their verification is done.
+    pub(super) fn import_when_verified(&mut self, blocks: Vec<Block>) {
+        if blocks
+            .iter()
+            .any(|b| self.verify.verifying.contains(&b.hash()))
+        {
+            self.verify.held = Some(blocks);
+        } else {
+            self.import_synced(blocks);
+        }
+    }
+
+    fn import_synced(&mut self, blocks: Vec<Block>) {
+        // Not `all`: every block's entry must go, verified or not.
+        let sigs_verified = blocks
+            .iter()
+            .map(|b| b.txs.is_empty() || self.verify.verified.remove(&b.hash()))
+            .fold(true, |a, b| a & b);
+        let (chain, tx) = (self.chain.clone(), self.import_tx.clone());
+        tokio::spawn(async move {
+            let (reply, rx) = oneshot::channel();
+            let cmd = Command::ImportBlocks {
+                blocks,
+                sigs_verified,
+                reply,
+            };
+            let stopped = || ImportResult::Failed {
+                hash: Hash::ZERO,
+                invalid: false,
+                reason: "chain task stopped".into(),
+            };
+            let result = match chain.send(cmd).await {
+                Ok(()) => rx.await.unwrap_or_else(|_| stopped()),
+                Err(_) => stopped(),
+            };
+            let _ = tx.send(result).await;
+        });
+    }
+}
+
+/// Verifies peers' transactions' signatures in batches on every core (one such job at a
+/// time, `slots`), then submits the valid ones to the chain task as verified. Answers
+/// per transaction, in order; `None` if the chain task is gone.
+pub(super) async fn submit_verified(
+    chain: mpsc::Sender<Command>,
+    slots: Arc<Semaphore>,
+    genesis: Hash,
+    txs: Vec<Tx>,
+) -> Option<Vec<Result<Hash, SubmitError>>> {
+    let (txs, ok) = {
+        let _permit = slots.acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let ok = tx_signatures(&genesis, &txs);
+            (txs, ok)
+        })
+        .await
+        .ok()?
+    };
+    let forged = || {
+        Err(SubmitError::Rejected(AddError::Invalid(
+            TxError::BadSignature,
+        )))
+    };
+    let mut results: Vec<Option<Result<Hash, SubmitError>>> = ok
+        .iter()
+        .map(|v| if *v { None } else { Some(forged()) })
+        .collect();
+    let valid: Vec<Tx> = txs
+        .into_iter()
+        .zip(&ok)
+        .filter(|(_, v)| **v)
+        .map(|(t, _)| t)
+        .collect();
+    if !valid.is_empty() {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::SubmitTxs {
+            txs: valid,
+            sigs_verified: true,
+            reply,
+        };
+        chain.send(cmd).await.ok()?;
+        let mut answers = rx.await.ok()?.into_iter();
+        for slot in results.iter_mut().filter(|r| r.is_none()) {
+            *slot = answers.next();
+        }
+    }
+    Some(
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SubmitError::Storage("no answer".into()))))
+            .collect(),
+    )
+}

@@ -1,0 +1,595 @@
+//! The gossip benchmark: N real nodes on loopback under a fixed transaction load.
+//!
+//! - Latency: every node logs the first sight of each transaction and block (target
+//!   `chainmesh::seen`, JSON logs with microsecond timestamps, one clock: one machine).
+//!   A transaction's time to reach all nodes is the last node's sight minus its
+//!   submission; a block's is the last node's sight minus the producer's. The reference,
+//!   in the same run, is a direct push: gossip and pool sync off, the publisher posts
+//!   each transaction to every node itself.
+//! - Amplification: payload bytes received by all nodes ÷ ((N − 1) × payload bytes),
+//!   where gossip counts every copy gossipsub received (duplicates included, from its own
+//!   `topic_msg_recv_bytes_unfiltered` metric) and pull counts the pool answers (ids) and
+//!   the transactions fetched for them (`/net`). Runs with gossip only, pull only, both.
+//! - Mempool ingest: a node joins a peer whose pool holds 20,000 transactions and pulls
+//!   them all (gossip off); txs/s from its first to its last sight, against the batch
+//!   ed25519 verification rate of all cores measured in the same run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chainmesh_chain_sync::{Allocation, ChainLimits, Genesis, Store};
+use chainmesh_mempool::{PersistentPool, PoolConfig};
+use chainmesh_node::config::{Config, genesis_to_toml};
+use chainmesh_proto::{Hash, Keypair, PublicKey, Tx, wire};
+use serde::Serialize;
+
+use crate::{Proc, now_ms, start_logged};
+
+const NETWORK: &str = "gossipbench";
+const ACCOUNTS: usize = 64;
+const BLOCK_TIME_MS: u64 = 2_000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Both,
+    GossipOnly,
+    PullOnly,
+    DirectPush,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Both => "gossip + pull",
+            Mode::GossipOnly => "gossip only",
+            Mode::PullOnly => "pull only",
+            Mode::DirectPush => "direct push (reference)",
+        }
+    }
+}
+
+#[derive(Serialize, Clone)]
+pub struct GossipResult {
+    pub nodes: usize,
+    pub mode: Mode,
+    pub txs: usize,
+    pub tx_rate: u64,
+    pub txs_reached_all: usize,
+    pub tx_p50_ms: f64,
+    pub tx_p99_ms: f64,
+    pub blocks: usize,
+    pub block_p50_ms: f64,
+    pub block_p99_ms: f64,
+    pub amplification_gossip: f64,
+    pub amplification_pull: f64,
+    pub amplification: f64,
+}
+
+#[derive(Serialize)]
+pub struct IngestResult {
+    pub txs: usize,
+    pub seconds: f64,
+    pub txs_per_s: f64,
+    pub verify_batch_all_cores_per_s: f64,
+    pub ratio: f64,
+}
+
+struct Net {
+    genesis: Genesis,
+    authority: Keypair,
+    accounts: Vec<Keypair>,
+}
+
+fn new_net() -> Net {
+    let authority = Keypair::generate();
+    let accounts: Vec<Keypair> = (0..ACCOUNTS).map(|_| Keypair::generate()).collect();
+    let genesis = Genesis {
+        network_id: NETWORK.into(),
+        timestamp_ms: (now_ms() - 60_000) / 1000 * 1000,
+        block_time_ms: BLOCK_TIME_MS,
+        authorities: vec![authority.public()],
+        allocations: accounts
+            .iter()
+            .map(|k| Allocation {
+                address: k.public(),
+                balance: 1 << 40,
+            })
+            .collect(),
+        limits: ChainLimits {
+            max_block_txs: 5_000,
+            max_block_bytes: 4 * 1024 * 1024,
+            min_fee: 1,
+        },
+    };
+    Net {
+        genesis,
+        authority,
+        accounts,
+    }
+}
+
+fn node_home(
+    root: &Path,
+    i: usize,
+    n: &Net,
+    tweak: impl FnOnce(&mut Config),
+) -> anyhow::Result<PathBuf> {
+    let h = root.join(format!("n{i}"));
+    std::fs::create_dir_all(&h)?;
+    std::fs::write(h.join("genesis.toml"), genesis_to_toml(&n.genesis)?)?;
+    let mut cfg = Config {
+        data_dir: "data".into(),
+        ..Config::default()
+    };
+    cfg.api.listen = "127.0.0.1:0".parse()?;
+    cfg.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    cfg.p2p.redial_secs = 1;
+    // A fixed sparse topology: no peer exchange dialling.
+    cfg.p2p.target_peers = 0;
+    cfg.mempool.max_per_sender = 1_000;
+    cfg.mempool.max_txs = 50_000;
+    cfg.mempool.max_bytes = 64 << 20;
+    tweak(&mut cfg);
+    std::fs::write(h.join("config.toml"), toml::to_string(&cfg)?)?;
+    Ok(h)
+}
+
+const LOGS: &str = "warn,chainmesh::seen=trace";
+
+struct Running {
+    homes: Vec<PathBuf>,
+    apis: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+/// Starts `count` nodes in a ring with chords (node i dials i−1, and i − count/2 when
+/// i ≥ count/2; the last also dials node 0): three peers each, diameter about count/4.
+fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Result<Running> {
+    let mut r = Running {
+        homes: Vec::new(),
+        apis: Vec::new(),
+        procs: Vec::new(),
+    };
+    let mut addrs: Vec<String> = Vec::new();
+    for i in 0..count {
+        let producer = i == 0;
+        let home = node_home(root, i, n, |c| {
+            c.p2p.gossip = matches!(mode, Mode::Both | Mode::GossipOnly);
+            c.p2p.pool_sync = matches!(mode, Mode::Both | Mode::PullOnly);
+            if producer {
+                c.producer_key = Some("producer.key".into());
+            }
+        })?;
+        if producer {
+            n.authority.save_new(&home.join("producer.key"))?;
+        }
+        let mut dial = Vec::new();
+        if i >= 1 {
+            dial.push(addrs[i - 1].clone());
+        }
+        if i >= count / 2 && i - count / 2 != i - 1 {
+            dial.push(addrs[i - count / 2].clone());
+        }
+        if i == count - 1 && count > 2 {
+            dial.push(addrs[0].clone());
+        }
+        let extra: Vec<String> = dial
+            .iter()
+            .flat_map(|a| ["--peer".to_string(), a.clone()])
+            .collect();
+        let (p, api) = start_logged(&home, &extra, LOGS, true)?;
+        addrs.push(crate::p2p_addr(&home)?);
+        r.procs.push(p);
+        r.apis.push(api);
+        r.homes.push(home);
+    }
+    let http = client()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ok = true;
+        for a in &r.apis {
+            let peers: Vec<serde_json::Value> = http.get(format!("{a}/peers")).send()?.json()?;
+            ok &= peers.len() >= 2;
+        }
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the network did not connect in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Meshes form on gossipsub's heartbeat.
+    std::thread::sleep(Duration::from_secs(3));
+    Ok(r)
+}
+
+fn client() -> anyhow::Result<reqwest::blocking::Client> {
+    Ok(reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+fn post(http: &reqwest::blocking::Client, api: &str, tx: &Tx) -> anyhow::Result<()> {
+    let r = http.post(format!("{api}/txs")).json(tx).send()?;
+    if !r.status().is_success() {
+        bail!(
+            "{api} refused a transaction: {}",
+            r.text().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Submits `count` transfers at `rate` per second, round-robin over the nodes (or, for a
+/// direct push, to every node). Returns each transaction's id, submission time (unix ms)
+/// and payload size.
+fn load(
+    n: &Net,
+    chain: &Hash,
+    apis: &[String],
+    count: usize,
+    rate: u64,
+    direct: bool,
+) -> anyhow::Result<Vec<(Hash, u64, usize)>> {
+    let mut nonces = vec![0u64; n.accounts.len()];
+    // For a direct push, one poster thread per node so all get it at once.
+    let mut posters = Vec::new();
+    if direct {
+        for api in apis {
+            let (tx, rx) = mpsc::sync_channel::<Tx>(1024);
+            let api = api.clone();
+            let handle = std::thread::spawn(move || -> anyhow::Result<()> {
+                let http = client()?;
+                for t in rx {
+                    post(&http, &api, &t)?;
+                }
+                Ok(())
+            });
+            posters.push((tx, handle));
+        }
+    }
+    let http = client()?;
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let a = i % n.accounts.len();
+        let to = PublicKey([(i % 200) as u8 + 1; 32]);
+        let tx = Tx::transfer(&n.accounts[a], chain, to, 1, 1, nonces[a]);
+        nonces[a] += 1;
+        let at = now_ms();
+        if direct {
+            for (p, _) in &posters {
+                p.send(tx.clone()).context("poster stopped")?;
+            }
+        } else {
+            post(&http, &apis[i % apis.len()], &tx)?;
+        }
+        sent.push((tx.id(), at, wire::encode_tx(&tx).len()));
+    }
+    for (p, h) in posters {
+        drop(p);
+        h.join().map_err(|_| anyhow::anyhow!("poster panicked"))??;
+    }
+    Ok(sent)
+}
+
+/// Unix ms of an RFC 3339 UTC timestamp as tracing writes it (`2026-11-23T06:55:01.123456Z`).
+fn parse_ts(s: &str) -> Option<f64> {
+    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3_600 + mm * 60) as f64 + ss) * 1_000.0)
+}
+
+/// First sight of every transaction and block in one node's log.
+#[derive(Default)]
+struct Seen {
+    txs: HashMap<String, f64>,
+    blocks: HashMap<String, f64>,
+}
+
+fn read_seen(home: &Path) -> anyhow::Result<Seen> {
+    let text = std::fs::read_to_string(home.join("node.log"))?;
+    let mut s = Seen::default();
+    for line in text.lines() {
+        if !line.contains("chainmesh::seen") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(ts) = v["timestamp"].as_str().and_then(parse_ts) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if let Some(t) = f["tx"].as_str() {
+            s.txs.entry(t.to_string()).or_insert(ts);
+        } else if let Some(b) = f["block"].as_str() {
+            s.blocks.entry(b.to_string()).or_insert(ts);
+        }
+    }
+    Ok(s)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i]
+}
+
+/// Sums a counter over every node's `/metrics` lines that start with `name` and contain
+/// `filter`.
+fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn bench_gossip(
+    count: usize,
+    mode: Mode,
+    txs: usize,
+    rate: u64,
+) -> anyhow::Result<GossipResult> {
+    let root = tempfile::tempdir()?;
+    let n = new_net();
+    let chain = n.genesis.hash();
+    let running = start_network(root.path(), &n, count, mode)?;
+    let sent = load(
+        &n,
+        &chain,
+        &running.apis,
+        txs,
+        rate,
+        mode == Mode::DirectPush,
+    )?;
+    // Let the last transactions spread and get into blocks.
+    std::thread::sleep(Duration::from_millis(3 * BLOCK_TIME_MS));
+    let http = client()?;
+    let (mut gossip_bytes, mut pull_bytes) = (0.0, 0.0);
+    for api in &running.apis {
+        let m = http.get(format!("{api}/metrics")).send()?.text()?;
+        gossip_bytes += metric_sum(
+            &m,
+            "gossipsub_topic_msg_recv_bytes_unfiltered",
+            &format!("{NETWORK}/tx/1"),
+        );
+        let s: serde_json::Value = http.get(format!("{api}/net")).send()?.json()?;
+        pull_bytes += s["pool_bytes_received"].as_f64().unwrap_or(0.0);
+    }
+    let Running { homes, procs, .. } = running;
+    drop(procs);
+    let seen: Vec<Seen> = homes
+        .iter()
+        .map(|h| read_seen(h))
+        .collect::<Result<_, _>>()?;
+
+    let mut tx_lat = Vec::new();
+    for (id, at, _) in &sent {
+        let id = id.to_string();
+        let last = seen
+            .iter()
+            .map(|s| s.txs.get(&id).copied())
+            .collect::<Option<Vec<f64>>>();
+        if let Some(l) = last {
+            tx_lat.push(l.into_iter().fold(f64::MIN, f64::max) - *at as f64);
+        }
+    }
+    // Blocks: from the producer's (node 0) sight to the last node's.
+    let mut block_lat = Vec::new();
+    for (id, produced) in &seen[0].blocks {
+        let last = seen
+            .iter()
+            .map(|s| s.blocks.get(id).copied())
+            .collect::<Option<Vec<f64>>>();
+        if let Some(l) = last {
+            block_lat.push(l.into_iter().fold(f64::MIN, f64::max) - produced);
+        }
+    }
+    let payload: f64 = sent.iter().map(|(_, _, b)| *b as f64).sum();
+    let ideal = (count - 1) as f64 * payload;
+    let reached = tx_lat.len();
+    Ok(GossipResult {
+        nodes: count,
+        mode,
+        txs: sent.len(),
+        tx_rate: rate,
+        txs_reached_all: reached,
+        tx_p50_ms: percentile(&mut tx_lat, 0.5),
+        tx_p99_ms: percentile(&mut tx_lat, 0.99),
+        blocks: block_lat.len(),
+        block_p50_ms: percentile(&mut block_lat, 0.5),
+        block_p99_ms: percentile(&mut block_lat, 0.99),
+        amplification_gossip: gossip_bytes / ideal,
+        amplification_pull: pull_bytes / ideal,
+        amplification: (gossip_bytes + pull_bytes) / ideal,
+    })
+}
+
+/// Batch ed25519 verification on every core at once.
+pub fn calibrate_verify_all_cores() -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let fixtures: Vec<_> = (0..threads).map(|_| crate::verify_fixture(8_192)).collect();
+    let t = Instant::now();
+    let verified: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = fixtures
+            .iter()
+            .map(|f| s.spawn(move || crate::verify_batches(f)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    verified as f64 / t.elapsed().as_secs_f64()
+}
+
+pub fn bench_ingest(txs: usize) -> anyhow::Result<IngestResult> {
+    let root = tempfile::tempdir()?;
+    let n = new_net();
+    let chain = n.genesis.hash();
+    // The source's pool, filled with the real mempool code before it starts.
+    let src = node_home(root.path(), 0, &n, |_| {})?;
+    {
+        let db = sled::open(src.join("data/db"))?;
+        let store = Store::open_db(db.clone(), &n.genesis)?;
+        let cfg = PoolConfig {
+            max_txs: 50_000,
+            max_bytes: 64 << 20,
+            max_per_sender: 1_000,
+            min_fee: 1,
+        };
+        struct St<'a>(&'a Store);
+        impl chainmesh_mempool::AccountState for St<'_> {
+            fn account(&self, a: &PublicKey) -> Result<chainmesh_proto::Account, String> {
+                self.0.account(a).map_err(|e| e.to_string())
+            }
+        }
+        let mut pool = PersistentPool::open(db.open_tree("mempool")?, cfg, chain, &St(&store))?;
+        for i in 0..txs {
+            let a = i % n.accounts.len();
+            let tx = Tx::transfer(
+                &n.accounts[a],
+                &chain,
+                PublicKey([7; 32]),
+                1,
+                1,
+                (i / n.accounts.len()) as u64,
+            );
+            if let Err(e) = pool.add(tx, &St(&store))? {
+                bail!("filling the source pool: {e}");
+            }
+        }
+        db.flush()?;
+    }
+    let (_src_proc, _) = start_logged(&src, &[], LOGS, true)?;
+    let addr = crate::p2p_addr(&src)?;
+    let dest = node_home(root.path(), 1, &n, |c| c.p2p.gossip = false)?;
+    let (dest_proc, api) = start_logged(&dest, &["--peer".into(), addr], LOGS, true)?;
+    let http = client()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s: serde_json::Value = http.get(format!("{api}/status")).send()?.json()?;
+        if s["mempool_txs"].as_u64() == Some(txs as u64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ingest did not finish in 5 minutes (at {})",
+                s["mempool_txs"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(dest_proc);
+    let seen = read_seen(&dest)?;
+    let (first, last) = seen
+        .txs
+        .values()
+        .fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(*t), b.max(*t)));
+    let secs = ((last - first) / 1_000.0).max(1e-3);
+    let rate = seen.txs.len() as f64 / secs;
+    let verify = calibrate_verify_all_cores();
+    Ok(IngestResult {
+        txs: seen.txs.len(),
+        seconds: secs,
+        txs_per_s: rate,
+        verify_batch_all_cores_per_s: verify,
+        ratio: rate / verify,
+    })
+}
+
+pub fn report(results: &[GossipResult], ingest: &IngestResult, command: &str) -> String {
+    let mut md = format!(
+        "## Gossip and mempool (real nodes on 127.0.0.1)\n\nProduced by `{command}`. A sparse \
+         topology (ring with chords, three peers each), one producer (2 s slots), 64 \
+         senders; latency = last node's first sight − submission (txs) or − the producer's \
+         sight (blocks); amplification = payload bytes received by all nodes ÷ ((N − 1) × \
+         payload), gossip counting every copy gossipsub received (duplicates included).\n\n\
+         | nodes | mode | txs (rate/s) | reached all | tx p50 ms | tx p99 ms | blocks | block p50 ms | block p99 ms | ampl. gossip | ampl. pull | ampl. total |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in results {
+        md += &format!(
+            "| {} | {} | {} ({}) | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            r.nodes,
+            r.mode.name(),
+            r.txs,
+            r.tx_rate,
+            r.txs_reached_all,
+            r.tx_p50_ms,
+            r.tx_p99_ms,
+            r.blocks,
+            r.block_p50_ms,
+            r.block_p99_ms,
+            r.amplification_gossip,
+            r.amplification_pull,
+            r.amplification
+        );
+    }
+    for nodes in results
+        .iter()
+        .map(|r| r.nodes)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let both = results
+            .iter()
+            .find(|r| r.nodes == nodes && r.mode == Mode::Both);
+        let direct = results
+            .iter()
+            .find(|r| r.nodes == nodes && r.mode == Mode::DirectPush);
+        if let (Some(b), Some(d)) = (both, direct) {
+            md += &format!(
+                "\nN = {nodes}: tx p99 with gossip + pull ÷ direct push = {:.2} (target ≤ 2); \
+                 amplification with both = {:.2} (target ≤ 2).\n",
+                b.tx_p99_ms / d.tx_p99_ms,
+                b.amplification
+            );
+        }
+    }
+    md += &format!(
+        "\n### Mempool ingest\n\n{} transactions pulled by a new node (gossip off) in {:.2} s: \
+         {:.0} txs/s; batch ed25519 verification on all cores: {:.0}/s; ratio {:.2} (target ≥ 0.7).\n",
+        ingest.txs,
+        ingest.seconds,
+        ingest.txs_per_s,
+        ingest.verify_batch_all_cores_per_s,
+        ingest.ratio
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_parse() {
+        let t = super::parse_ts("1970-01-02T00:00:01.5Z").unwrap();
+        assert_eq!(t, 86_401_500.0);
+        let t = super::parse_ts("2026-11-23T06:55:01.123456Z").unwrap();
+        assert!((t - 1_795_416_901_123.456).abs() < 0.01, "{t}");
+    }
+}
