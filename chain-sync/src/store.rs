@@ -9,8 +9,11 @@
 //! - `meta`: `schema_version`, `genesis`, `tip`, `state_hash`
 //!
 //! One writer (the node's chain task) owns the `Store`; every change of the canonical
-//! chain (a block on the tip or a reorg) is one multi-tree sled transaction, so a crash
-//! leaves either the old tip with its state or the new one with its state. A tip is
+//! chain (a block on the tip, a run of them, or a reorg) is one multi-tree sled
+//! transaction, so a crash leaves either the old tip with its state or the new one with
+//! its state. The tx index of new blocks is written just before that transaction (a
+//! plain batch is far cheaper for thousands of entries); readers believe an entry only if
+//! its block is canonical. A tip is
 //! durable once [`Store::flush`] returns: the node reports a tip only after that.
 
 use std::path::Path;
@@ -479,6 +482,30 @@ impl Store {
         new_tip: &Tip,
     ) -> Result<(), ImportError> {
         let state_bytes = new_state.encode();
+        // The tx index of the new blocks goes ahead of the transaction as a plain batch:
+        // inside a sled transaction every insert costs a read first, and a large block
+        // has thousands. An entry whose block does not become canonical (a crash between
+        // the two writes) is ignored by readers (`StoreReader::tx_block` checks), and is
+        // rewritten when the block is imported again.
+        if applied.iter().any(|b| !b.txs.is_empty()) {
+            let mut index = sled::Batch::default();
+            for b in applied {
+                let bh = b.hash();
+                for tx in &b.txs {
+                    index.insert(&tx.id().0, &bh.0);
+                }
+            }
+            self.tx_index.apply_batch(index).map_err(StoreError::from)?;
+        }
+        // Transactions of reverted blocks leave the index, unless a new block has them.
+        let kept: std::collections::HashSet<Hash> = if reverted.is_empty() {
+            Default::default()
+        } else {
+            applied
+                .iter()
+                .flat_map(|b| b.txs.iter().map(Tx::id))
+                .collect()
+        };
         (
             &self.blocks,
             &self.canonical,
@@ -496,16 +523,16 @@ impl Store {
                     ut.remove(&bh.0)?;
                     ct.remove(&b.header.height.to_be_bytes())?;
                     for tx in &b.txs {
-                        xt.remove(&tx.id().0)?;
+                        let id = tx.id();
+                        if !kept.contains(&id) {
+                            xt.remove(&id.0)?;
+                        }
                     }
                 }
                 for (b, u) in applied.iter().zip(undos) {
                     let bh = b.hash();
                     ct.insert(&b.header.height.to_be_bytes(), &bh.0)?;
                     ut.insert(&bh.0, u.encode())?;
-                    for tx in &b.txs {
-                        xt.insert(&tx.id().0, &bh.0)?;
-                    }
                 }
                 for (addr, v) in changes {
                     match v {
@@ -735,13 +762,19 @@ impl StoreReader {
     }
 
     /// The canonical block that includes transaction `id`, if any.
+    /// The canonical block that includes transaction `id`, if any.
     pub fn tx_block(&self, id: &Hash) -> Result<Option<Block>, StoreError> {
         match self.tx_index.get(id.0)? {
             None => Ok(None),
             Some(v) => {
                 let bh = Hash::from_slice(&v)
                     .ok_or_else(|| StoreError::Corrupt(format!("tx index entry of {id}")))?;
-                self.block(&bh)
+                // The index is written just ahead of the canonical chain (see
+                // `Store::commit`): an entry is believed only once its block is canonical.
+                match self.block(&bh)? {
+                    Some(b) if self.canonical_hash(b.header.height)? == Some(bh) => Ok(Some(b)),
+                    _ => Ok(None),
+                }
             }
         }
     }

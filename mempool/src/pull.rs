@@ -25,7 +25,7 @@ pub struct PullConfig {
 impl Default for PullConfig {
     fn default() -> Self {
         PullConfig {
-            max_entries: 512,
+            max_entries: 1024,
             retry_ms: 2_000,
             max_fetching: 8_192,
         }

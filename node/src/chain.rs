@@ -255,7 +255,12 @@ impl ChainService {
                     sigs_verified,
                     reply,
                 } => {
-                    let r = self.add_txs(txs, sigs_verified, &mut wrote);
+                    // Written, but not worth an fsync of their own: nobody was promised
+                    // them, and the peers that sent them still hold them. The next flush
+                    // (sled's own, within half a second, or any acknowledged write) takes
+                    // them along.
+                    let mut written = false;
+                    let r = self.add_txs(txs, sigs_verified, &mut written);
                     peer_replies.push((reply, r));
                 }
                 Command::PoolByShortIds {

@@ -175,6 +175,15 @@ impl Node {
         r.json().unwrap()
     }
 
+    /// A GET whose answer is text (`/metrics`).
+    pub fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     pub fn status(&self) -> Value {
         self.get("/status")
     }

@@ -148,6 +148,20 @@ fn compact_announcements_cost_under_a_tenth_of_the_block() {
         "announcements cost {received} bytes for {block} bytes of blocks: {s}"
     );
     assert_eq!(u(&s["relay_full_fetches"]), 0, "{s}");
+    // Gossipsub's own byte counters are exported too (every copy received, duplicates
+    // included), per topic.
+    let m = b.get_text("/metrics");
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with("gossipsub_topic_msg_recv_bytes_unfiltered") && l.contains("/block/1")
+        })
+        .unwrap_or_else(|| panic!("no gossipsub byte counter in /metrics:\n{m}"));
+    let counted: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        counted >= u(&s["announcement_bytes"]) as f64,
+        "{line} vs {s}"
+    );
     eprintln!(
         "compact relay: {received} bytes received for {block} bytes of blocks ({:.1}%)",
         100.0 * received as f64 / block as f64

@@ -65,8 +65,18 @@ pub fn config(network_id: &str) -> Result<gossipsub::Config, String> {
         // A block must be judged within the history window to be forwarded: 5 heartbeats.
         .history_length(6)
         .duplicate_cache_time(Duration::from_secs(120))
-        // Large messages (compact blocks of full blocks) are worth an IDONTWANT.
-        .idontwant_message_size_threshold(1_000)
+        // IDONTWANT (gossipsub v1.2) for every message of ours, transactions included: a
+        // node announces "I have it" to its mesh on receipt, before its own validation,
+        // so on a sparse mesh most duplicate copies are never sent. 40 bytes of control
+        // against a ~300-byte transaction envelope.
+        .idontwant_message_size_threshold(128)
+        // Transactions travel a thinner mesh than blocks: pool sync carries what the
+        // thinner mesh misses, and every extra mesh link is another copy of every
+        // transaction.
+        .mesh_n_for_topic(2, tx_topic(network_id).hash())
+        .mesh_n_low_for_topic(1, tx_topic(network_id).hash())
+        .mesh_n_high_for_topic(4, tx_topic(network_id).hash())
+        .mesh_outbound_min_for_topic(1, tx_topic(network_id).hash())
         .idontwant_on_publish(true)
         .build()
         .map_err(|e| e.to_string())

@@ -16,6 +16,9 @@ use tokio::sync::oneshot;
 use super::{Internal, Net, Outbound};
 use crate::chain::{Command, SubmitError, now_ms};
 
+/// How long pulled ids wait before we look for them in our pool, when gossip is on.
+const PULL_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// A permit we hold until our pool has entries past its cursor.
 pub(super) struct Held {
     channel: ResponseChannel<pb_net::PoolEntries>,
@@ -222,7 +225,15 @@ impl Net {
             return;
         }
         let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+        // With gossip on, the freshest entries of an answer are usually still on their way
+        // by gossip: looking them up a moment later saves fetching them twice.
+        let settle = if self.cfg.gossip {
+            PULL_SETTLE
+        } else {
+            std::time::Duration::ZERO
+        };
         tokio::spawn(async move {
+            tokio::time::sleep(settle).await;
             let (reply, rx) = oneshot::channel();
             let missing = match chain
                 .send(Command::PoolTxs {
