@@ -77,13 +77,20 @@ struct Workload {
     peers: &'static [usize],
 }
 
-fn run(args: &[String]) -> anyhow::Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
+fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}
+
+/// `--out DIR`, the current folder by default.
+fn out_dir(args: &[String]) -> PathBuf {
+    args.iter()
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1))
-        .map_or(PathBuf::from("."), PathBuf::from);
+        .map_or(PathBuf::from("."), PathBuf::from)
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let (quick, out) = (flag(args, "--quick"), out_dir(args));
     let started = Instant::now();
     let stream_bytes: u64 = if quick { 256 << 20 } else { 1 << 30 };
     eprintln!("calibrating (stream {} MiB)...", stream_bytes >> 20);
@@ -154,12 +161,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 /// `chainmesh-bench gossip [--quick] [--out DIR]`: the gossip and mempool benchmark.
 fn run_gossip(args: &[String]) -> anyhow::Result<()> {
     use gossip::Mode;
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map_or(PathBuf::from("."), PathBuf::from);
+    let (quick, out) = (flag(args, "--quick"), out_dir(args));
     let sizes: &[usize] = if quick { &[10] } else { &[10, 30] };
     let (txs, rate) = if quick { (300, 50) } else { (1_500, 100) };
     let mut results = Vec::new();
