@@ -137,6 +137,9 @@ struct Peer {
     /// Whether bulk requests (bodies) may go to this peer; not over relayed connections,
     /// which are for coordination.
     bulk: bool,
+    /// The peer sent bad or invalid data: it gets no more requests until its next
+    /// status (the node's scores decide whether it stays connected at all).
+    distrusted: bool,
 }
 
 #[derive(Debug)]
@@ -266,7 +269,9 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             },
             headers_backoff_until: 0,
             bulk: true,
+            distrusted: false,
         });
+        e.distrusted = false;
         e.height = height;
         e.hash = hash;
         e.max_items = max_items;
@@ -320,6 +325,11 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
     }
 
     fn penalize(&mut self, peer: &P, fault: SyncFault, detail: String) {
+        if fault != SyncFault::Timeout
+            && let Some(p) = self.peers.get_mut(peer)
+        {
+            p.distrusted = true;
+        }
         self.actions.push_back(Action::Penalize {
             peer: peer.clone(),
             fault,
@@ -651,6 +661,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             .iter()
             .filter(|(_, p)| {
                 p.headers_backoff_until <= now_ms
+                    && !p.distrusted
                     && p.stats.in_flight < p.stats.in_flight_limit.max(1) + 1
             })
             .filter(|(_, p)| better(p.height, &p.hash, base_h, &base_hash))
@@ -700,6 +711,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
                 .iter()
                 .filter(|(k, p)| {
                     p.bulk
+                        && !p.distrusted
                         && p.height >= end
                         && p.stats.in_flight < p.stats.in_flight_limit
                         && !batch.excluded.contains(k)
