@@ -71,9 +71,7 @@ pub fn tx_signatures_valid(chain: &Hash, blocks: &[Block]) -> bool {
             .collect();
         chainmesh_proto::crypto::verify_batch(&v)
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().div_ceil(VERIFY_CHUNK));
+    let threads = cores().min(items.len().div_ceil(VERIFY_CHUNK));
     if threads <= 1 {
         return items.chunks(VERIFY_CHUNK).all(check);
     }
@@ -85,6 +83,13 @@ pub fn tx_signatures_valid(chain: &Hash, blocks: &[Block]) -> bool {
             .collect();
         handles.into_iter().all(|h| h.join().unwrap_or(false))
     })
+}
+
+/// The cores to verify on, asked once: on Linux the answer reads cgroup files, which
+/// cost more than verifying a small batch.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Verifies each transaction's signature, in batches over every core; a batch that fails
@@ -106,9 +111,7 @@ pub fn tx_signatures(chain: &Hash, txs: &[chainmesh_proto::Tx]) -> Vec<bool> {
                 .collect()
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(txs.len().div_ceil(VERIFY_CHUNK).max(1));
+    let threads = cores().min(txs.len().div_ceil(VERIFY_CHUNK).max(1));
     if threads <= 1 {
         return txs.chunks(VERIFY_CHUNK).flat_map(check).collect();
     }

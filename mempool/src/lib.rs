@@ -12,6 +12,6 @@ pub mod persist;
 pub mod pool;
 pub mod pull;
 
-pub use persist::PersistentPool;
+pub use persist::{PersistentPool, Writes};
 pub use pool::{AccountState, AddError, Added, Pool, PoolConfig};
 pub use pull::{Permit, PullConfig, PullError, PullSync};

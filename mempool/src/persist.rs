@@ -1,13 +1,16 @@
 //! Persistence of the pool in a sled tree (`mempool`: tx id → protobuf tx).
 //!
-//! The pool's journal is written after every operation as one sled batch, so the tree
-//! always holds a state the pool was in. At start the tree is read back and every
+//! The pool's journal is written after every operation (a batch when it is long), or
+//! handed to the caller to write once it has released the pool. At start the tree is read back and every
 //! transaction re-validated against the current chain state, which may have moved on
 //! while the node was down.
 
 use chainmesh_proto::{Hash, Tx, wire};
 
 use crate::pool::{AccountState, AddError, Added, Change, Pool, PoolConfig};
+
+/// Up to this many changes are written one by one rather than as a batch.
+const FEW_CHANGES: usize = 64;
 
 pub struct PersistentPool {
     pool: Pool,
@@ -71,22 +74,27 @@ impl PersistentPool {
     }
 
     fn sync(&mut self) -> Result<(), sled::Error> {
-        let changes = self.pool.take_changes();
-        if changes.is_empty() {
-            return Ok(());
+        self.take_writes().apply()
+    }
+
+    /// The pool's changes since the last write, as sled writes to apply, possibly after
+    /// the pool is released: they name different keys than any later change can until
+    /// they are applied, except in a reorg racing an add, and a stale or missing entry
+    /// there only matters after a crash, where reopening revalidates every entry.
+    pub fn take_writes(&mut self) -> Writes {
+        let ops = self
+            .pool
+            .take_changes()
+            .into_iter()
+            .map(|c| match c {
+                Change::Added(id) => (id, self.pool.get(&id).map(wire::encode_tx)),
+                Change::Removed(id) => (id, None),
+            })
+            .collect();
+        Writes {
+            tree: self.tree.clone(),
+            ops,
         }
-        let mut batch = sled::Batch::default();
-        for c in changes {
-            match c {
-                Change::Added(id) => {
-                    if let Some(tx) = self.pool.get(&id) {
-                        batch.insert(&id.0, wire::encode_tx(tx));
-                    }
-                }
-                Change::Removed(id) => batch.remove(&id.0),
-            }
-        }
-        self.tree.apply_batch(batch)
     }
 
     pub fn add(
@@ -107,6 +115,19 @@ impl PersistentPool {
         state: &dyn AccountState,
         sigs_verified: bool,
     ) -> Result<Vec<Result<Added, AddError>>, sled::Error> {
+        let (r, writes) = self.add_many_unwritten(txs, state, sigs_verified);
+        writes.apply()?;
+        Ok(r)
+    }
+
+    /// [`PersistentPool::add_many`] leaving the writes to the caller, to apply once the
+    /// pool is released.
+    pub fn add_many_unwritten(
+        &mut self,
+        txs: Vec<Tx>,
+        state: &dyn AccountState,
+        sigs_verified: bool,
+    ) -> (Vec<Result<Added, AddError>>, Writes) {
         let r = txs
             .into_iter()
             .map(|tx| {
@@ -117,8 +138,7 @@ impl PersistentPool {
                 }
             })
             .collect();
-        self.sync()?;
-        Ok(r)
+        (r, self.take_writes())
     }
 
     pub fn on_new_tip(
@@ -127,8 +147,19 @@ impl PersistentPool {
         reverted: &[chainmesh_proto::Block],
         state: &dyn AccountState,
     ) -> Result<(), sled::Error> {
+        self.on_new_tip_unwritten(applied, reverted, state).apply()
+    }
+
+    /// [`PersistentPool::on_new_tip`] leaving the writes (one per included transaction)
+    /// to the caller, to apply once the pool is released.
+    pub fn on_new_tip_unwritten(
+        &mut self,
+        applied: &[chainmesh_proto::Block],
+        reverted: &[chainmesh_proto::Block],
+        state: &dyn AccountState,
+    ) -> Writes {
         self.pool.on_new_tip(applied, reverted, state);
-        self.sync()
+        self.take_writes()
     }
 
     pub fn remove_invalid(
@@ -138,6 +169,40 @@ impl PersistentPool {
     ) -> Result<(), sled::Error> {
         self.pool.remove_invalid(ids, state);
         self.sync()
+    }
+}
+
+/// Writes of pool changes, not yet applied.
+#[must_use = "the changes are lost unless applied"]
+pub struct Writes {
+    tree: sled::Tree,
+    /// A transaction to store, or (None) an id to remove.
+    ops: Vec<(Hash, Option<Vec<u8>>)>,
+}
+
+impl Writes {
+    pub fn apply(self) -> Result<(), sled::Error> {
+        // Separate writes for a few changes: a sled batch seals the log buffer and
+        // hands it to an IO thread at once, a wake-up and a write per call, where plain
+        // writes wait for the buffer to fill or for the next flush. Atomicity is not
+        // needed: a reopened pool revalidates every entry it finds.
+        if self.ops.len() <= FEW_CHANGES {
+            for (id, v) in self.ops {
+                match v {
+                    Some(v) => self.tree.insert(id.0, v)?,
+                    None => self.tree.remove(id.0)?,
+                };
+            }
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (id, v) in self.ops {
+            match v {
+                Some(v) => batch.insert(&id.0, v),
+                None => batch.remove(&id.0),
+            }
+        }
+        self.tree.apply_batch(batch)
     }
 }
 

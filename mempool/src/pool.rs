@@ -105,6 +105,18 @@ pub struct Pool {
     journal: Vec<Change>,
 }
 
+/// The encoded size of `tx`, refused beyond the largest transaction a pool holds.
+fn checked_size(tx: &Tx) -> Result<usize, AddError> {
+    let size = wire::encode_tx(tx).len();
+    if size > MAX_TX_BYTES {
+        return Err(AddError::TooLarge {
+            size,
+            max: MAX_TX_BYTES,
+        });
+    }
+    Ok(size)
+}
+
 impl Pool {
     /// `chain` is the genesis hash, which transaction signatures commit to.
     pub fn new(config: PoolConfig, chain: Hash) -> Pool {
@@ -211,13 +223,7 @@ impl Pool {
         state: &dyn AccountState,
         check_sig: bool,
     ) -> Result<Added, AddError> {
-        let size = wire::encode_tx(&tx).len();
-        if size > MAX_TX_BYTES {
-            return Err(AddError::TooLarge {
-                size,
-                max: MAX_TX_BYTES,
-            });
-        }
+        let size = checked_size(&tx)?;
         let id = tx.id();
         if self.entries.contains_key(&id) {
             return Err(AddError::AlreadyKnown);
@@ -293,6 +299,42 @@ impl Pool {
             replaced,
             evicted: evict,
         })
+    }
+
+    /// Whether some pool at `account`'s confirmed state could admit `tx`, whose signature
+    /// the caller verified: what a relay checks before forwarding a transaction without
+    /// waiting for its own pool. Looser than [`Pool::add`] (it ignores the pending
+    /// transactions, so a nonce up to `max_per_sender` ahead passes, and a replacement
+    /// is judged on its own), never stricter: what fails here fails in every pool.
+    pub fn precheck(tx: &Tx, account: Account, config: &PoolConfig) -> Result<(), AddError> {
+        checked_size(tx)?;
+        tx.check_stateless_unsigned(config.min_fee)?;
+        if tx.nonce < account.nonce {
+            return Err(TxError::NonceReused {
+                expected: account.nonce,
+                got: tx.nonce,
+            }
+            .into());
+        }
+        let furthest = account
+            .nonce
+            .saturating_add((config.max_per_sender as u64).saturating_sub(1));
+        if tx.nonce > furthest {
+            return Err(TxError::NonceGap {
+                expected: furthest,
+                got: tx.nonce,
+            }
+            .into());
+        }
+        let needed = tx.cost()?;
+        if needed > account.balance {
+            return Err(TxError::InsufficientBalance {
+                needed,
+                available: account.balance,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Which entries must go for `tx` to fit; refuses if that would evict a fee at least
@@ -446,6 +488,10 @@ impl Pool {
     /// Rebuilds one sender's chain from its pending transactions plus `extra`, keeping
     /// what is still valid in nonce order.
     fn recheck_sender(&mut self, sender: &Address, extra: Vec<Tx>, state: &dyn AccountState) {
+        if extra.is_empty() {
+            self.prune_sender(sender, state);
+            return;
+        }
         let ids: Vec<Hash> = self
             .by_sender
             .get(sender)
@@ -457,10 +503,48 @@ impl Pool {
                 txs.push(tx);
             }
         }
-        // Lower nonce first; for one nonce, higher fee first so it wins the slot.
+        // Lower nonce first; for one nonce, higher fee first so it wins the slot. The
+        // signatures were checked when these entered the pool or their block.
         txs.sort_by_key(|t| (t.nonce, Reverse(t.fee)));
         for tx in txs {
-            let _ = self.add(tx, state);
+            let _ = self.add_inner(tx, state, false);
+        }
+    }
+
+    /// After blocks that only moved the sender's account forward: drops the pending
+    /// transactions that no longer apply (nonce used, or unaffordable, and every later
+    /// one then), leaving the rest where they are, in the log too, so peers are not told
+    /// about them again. What [`Pool::recheck_sender`] keeps is the same.
+    fn prune_sender(&mut self, sender: &Address, state: &dyn AccountState) {
+        let Some(pending) = self.by_sender.get(sender) else {
+            return;
+        };
+        let Ok(acct) = state.account(sender) else {
+            // Unknown state: keep them; the next block or production checks again.
+            return;
+        };
+        let (mut next, mut spent, mut valid) = (acct.nonce, 0u64, true);
+        let mut drop = Vec::new();
+        for (nonce, id) in pending {
+            let cost = self
+                .entries
+                .get(id)
+                .map_or(u64::MAX, |e| e.tx.amount.saturating_add(e.tx.fee));
+            let affordable = spent
+                .checked_add(cost)
+                .is_some_and(|total| total <= acct.balance);
+            if *nonce < acct.nonce {
+                drop.push(*id);
+            } else if valid && *nonce == next && affordable {
+                next += 1;
+                spent += cost;
+            } else {
+                valid = false;
+                drop.push(*id);
+            }
+        }
+        for id in drop {
+            self.remove_entry(&id);
         }
     }
 }
@@ -502,6 +586,60 @@ mod tests {
         }
         fn pool(&self, cfg: PoolConfig) -> Pool {
             Pool::new(cfg, self.chain)
+        }
+    }
+
+    #[test]
+    fn precheck_refuses_what_no_pool_admits_and_passes_what_one_would() {
+        let f = fx(1, 100);
+        let cfg = PoolConfig {
+            max_per_sender: 4,
+            ..PoolConfig::default()
+        };
+        let acct = Account {
+            balance: 100,
+            nonce: 3,
+        };
+        let check = |tx: &Tx| Pool::precheck(tx, acct, &cfg);
+        assert_eq!(check(&f.tx(0, 5, 1, 3)), Ok(()));
+        // Pending nonces are not known here: anything within the sender's window passes.
+        assert_eq!(check(&f.tx(0, 5, 1, 6)), Ok(()));
+        assert_eq!(
+            check(&f.tx(0, 5, 1, 7)),
+            Err(AddError::Invalid(TxError::NonceGap {
+                expected: 6,
+                got: 7
+            }))
+        );
+        assert_eq!(
+            check(&f.tx(0, 5, 1, 2)),
+            Err(AddError::Invalid(TxError::NonceReused {
+                expected: 3,
+                got: 2
+            }))
+        );
+        assert_eq!(
+            check(&f.tx(0, 100, 1, 3)),
+            Err(AddError::Invalid(TxError::InsufficientBalance {
+                needed: 101,
+                available: 100
+            }))
+        );
+        assert_eq!(
+            check(&f.tx(0, 5, 0, 3)),
+            Err(AddError::Invalid(TxError::FeeTooLow { min: 1, got: 0 }))
+        );
+        assert_eq!(
+            check(&f.tx(0, 0, 1, 3)),
+            Err(AddError::Invalid(TxError::ZeroAmount))
+        );
+        // Never stricter than the pool: what the pool admits passes.
+        let state: BTreeMap<Address, Account> = [(f.keys[0].public(), acct)].into();
+        let mut p = f.pool(cfg.clone());
+        for nonce in 3..7 {
+            let tx = f.tx(0, 5, 1, nonce);
+            p.add(tx.clone(), &state).unwrap();
+            assert_eq!(check(&tx), Ok(()));
         }
     }
 
@@ -660,6 +798,48 @@ mod tests {
             },
             txs,
         }
+    }
+
+    #[test]
+    fn inclusion_leaves_the_rest_in_place_and_prunes_what_no_longer_applies() {
+        let f = fx(2, 100);
+        let mut p = f.pool(PoolConfig::default());
+        // Sender 0: nonces 0..3, each costing 21 of 100.
+        let mine: Vec<Tx> = (0..4).map(|n| f.tx(0, 20, 1, n)).collect();
+        // Sender 1: nonces 0 and 1.
+        let theirs: Vec<Tx> = (0..2).map(|n| f.tx(1, 20, 1, n)).collect();
+        for t in mine.iter().chain(&theirs) {
+            p.add(t.clone(), &f.state).unwrap();
+        }
+        let head = p.log_head();
+        // A block includes sender 0's nonce 0; elsewhere sender 1 spent most of its
+        // balance, so its nonce 1 (cost 21) is no longer affordable after nonce 0.
+        let mut st = f.state.clone();
+        st.insert(
+            f.keys[0].public(),
+            Account {
+                balance: 79,
+                nonce: 1,
+            },
+        );
+        st.insert(
+            f.keys[1].public(),
+            Account {
+                balance: 30,
+                nonce: 0,
+            },
+        );
+        let b = block_with(vec![mine[0].clone(), f.tx(1, 1, 1, 99)]);
+        p.on_new_tip(std::slice::from_ref(&b), &[], &st);
+        let left: BTreeSet<Hash> = p.log_since(0, 100).0.into_iter().collect();
+        let expected: BTreeSet<Hash> = [&mine[1], &mine[2], &mine[3], &theirs[0]]
+            .iter()
+            .map(|t| t.id())
+            .collect();
+        assert_eq!(left, expected);
+        // Nothing re-entered the log: peers are not told about them again.
+        assert_eq!(p.log_head(), head);
+        assert!(p.log_since(head, 100).0.is_empty());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct ApiState {
     pub sync: watch::Receiver<SyncView>,
     /// Prometheus registry (libp2p's metrics so far).
     pub metrics: std::sync::Arc<prometheus_client::registry::Registry>,
+    /// The mempool, read for its size: peers' transactions enter it outside the chain
+    /// task, which publishes the rest of the status.
+    pub pool: crate::pool::SharedPool,
 }
 
 pub struct ApiError {
@@ -152,6 +155,12 @@ async fn ask<T>(
 async fn status(State(st): State<ApiState>) -> Json<NodeStatus> {
     let mut s = st.status.borrow().clone();
     s.sync = st.sync.borrow().clone();
+    let pool = st.pool.lock();
+    (s.mempool_txs, s.mempool_bytes, s.pool_head) = (
+        pool.pool().len(),
+        pool.pool().bytes(),
+        pool.pool().log_head(),
+    );
     Json(s)
 }
 

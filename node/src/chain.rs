@@ -1,19 +1,23 @@
 //! The chain task: the one owner of the store and the mempool, and the block producer.
 //!
-//! It runs on a thread of its own (sled calls block, fsync most of all). API handlers
-//! reach it through a bounded command channel; it answers after the change they asked
-//! for is durable. Commands that arrive together share one flush (group commit), so the
-//! cost of durability does not grow with the request rate.
+//! It runs on a thread of its own (sled calls block). API handlers reach it through a
+//! bounded command channel; it answers after the change they asked for is durable. The
+//! fsync runs on a blocking thread while the task goes on with other work: whatever
+//! waits to be made visible (answers, announcements, the reported tip) is released when
+//! the flush that covers it completes, and everything that came in during one flush
+//! shares the next (group commit), so the cost of durability grows neither with the
+//! request rate nor sits in front of peers' transactions.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chainmesh_chain_sync::state::{AccountReader, SigCheck};
-use chainmesh_chain_sync::store::AccountsTree;
-use chainmesh_chain_sync::store::ImportError;
+use chainmesh_chain_sync::state::SigCheck;
+use chainmesh_chain_sync::store::{ImportError, Tip};
 use chainmesh_chain_sync::sync::ImportResult;
 use chainmesh_chain_sync::{ImportOutcome, Store};
-use chainmesh_mempool::{AccountState, AddError, PersistentPool};
-use chainmesh_proto::{Account, Address, Hash, Keypair, Tx};
+use chainmesh_mempool::{AccountState, AddError};
+
+use crate::pool::{PoolState, SharedPool};
+use chainmesh_proto::{Address, Hash, Keypair, Tx};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -40,7 +44,7 @@ pub enum Command {
         addr: Address,
         reply: oneshot::Sender<u64>,
     },
-    /// Blocks from sync, in order: imported one by one, made durable with one flush.
+    /// Blocks from sync, in order, imported in runs; reported once a flush covers them.
     /// `sigs_verified`: the network task batch-verified their transaction signatures.
     ImportBlocks {
         blocks: Vec<chainmesh_proto::Block>,
@@ -117,17 +121,6 @@ pub struct NodeStatus {
     pub sync: crate::p2p::SyncView,
 }
 
-pub(crate) struct PoolState<'a>(pub(crate) &'a AccountsTree);
-
-impl AccountState for PoolState<'_> {
-    fn account(&self, addr: &Address) -> Result<Account, String> {
-        self.0
-            .read_account(addr)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| e.to_string())
-    }
-}
-
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,19 +129,43 @@ pub fn now_ms() -> u64 {
 
 pub struct ChainService {
     store: Store,
-    pool: PersistentPool,
+    pool: SharedPool,
     producer: Option<Keypair>,
     status: watch::Sender<NodeStatus>,
     events: Option<mpsc::Sender<ChainEvent>>,
+    /// The tip as of the last completed flush: the one reported.
+    durable: Tip,
+    /// Held until the next flush starts, then until it completes.
+    waiting: Vec<AfterFlush>,
+}
+
+/// What becomes visible only once durable.
+enum AfterFlush {
+    Reply(
+        oneshot::Sender<Result<Hash, SubmitError>>,
+        Result<Hash, SubmitError>,
+    ),
+    Produced(chainmesh_proto::Block),
+}
+
+/// A flush running on a blocking thread, and what it makes durable.
+struct Flushing {
+    done: tokio::task::JoinHandle<Result<(), String>>,
+    tip: Tip,
+    released: Vec<AfterFlush>,
 }
 
 impl ChainService {
     pub fn new(
         store: Store,
-        pool: PersistentPool,
+        pool: SharedPool,
         producer: Option<Keypair>,
     ) -> (Self, watch::Receiver<NodeStatus>) {
         let tip = store.tip().clone();
+        let (mempool_txs, mempool_bytes, pool_head) = {
+            let p = pool.lock();
+            (p.pool().len(), p.pool().bytes(), p.pool().log_head())
+        };
         let status = NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             network_id: store.genesis().network_id.clone(),
@@ -156,10 +173,10 @@ impl ChainService {
             height: tip.height,
             tip: tip.hash,
             tip_slot: tip.slot,
-            mempool_txs: pool.pool().len(),
-            mempool_bytes: pool.pool().bytes(),
+            mempool_txs,
+            mempool_bytes,
             producer: producer.as_ref().map(Keypair::public),
-            pool_head: pool.pool().log_head(),
+            pool_head,
             sync: Default::default(),
         };
         let (tx, rx) = watch::channel(status);
@@ -170,6 +187,8 @@ impl ChainService {
                 producer,
                 status: tx,
                 events: None,
+                durable: tip,
+                waiting: Vec::new(),
             },
             rx,
         )
@@ -189,23 +208,41 @@ impl ChainService {
         }
     }
 
+    /// The pool as it is, the tip as of the last flush.
     fn publish_status(&self) {
-        let tip = self.store.tip();
+        let tip = &self.durable;
+        let pool = self.pool.lock();
+        let pool = pool.pool();
         self.status.send_modify(|s| {
             s.height = tip.height;
             s.tip = tip.hash;
             s.tip_slot = tip.slot;
-            s.mempool_txs = self.pool.pool().len();
-            s.mempool_bytes = self.pool.pool().bytes();
-            s.pool_head = self.pool.pool().log_head();
+            s.mempool_txs = pool.len();
+            s.mempool_bytes = pool.bytes();
+            s.pool_head = pool.log_head();
         });
     }
 
     /// Runs until every command sender is gone; flushes on the way out.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut flushing: Option<Flushing> = None;
         loop {
+            if flushing.is_none() {
+                flushing = self.start_flush();
+            }
             let wait = self.until_next_slot();
             tokio::select! {
+                done = async {
+                    match flushing.as_mut() {
+                        Some(f) => (&mut f.done).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(f) = flushing.take() {
+                        let result = done.unwrap_or_else(|e| Err(format!("flush task: {e}")));
+                        self.flushed(f.tip, f.released, result);
+                    }
+                }
                 first = commands.recv() => {
                     let Some(first) = first else { break };
                     let mut batch = vec![first];
@@ -220,10 +257,62 @@ impl ChainService {
                 _ = tokio::time::sleep(wait) => self.on_slot(),
             }
         }
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "final flush failed");
+        if let Some(f) = flushing.take() {
+            let result = f
+                .done
+                .await
+                .unwrap_or_else(|e| Err(format!("flush task: {e}")));
+            self.flushed(f.tip, f.released, result);
         }
+        self.flush_now();
         tracing::info!("chain task stopped");
+    }
+
+    /// Flushes on this thread and releases everything waiting.
+    fn flush_now(&mut self) {
+        let result = self.store.flush().map(|_| ()).map_err(|e| e.to_string());
+        let (tip, waiting) = (self.store.tip().clone(), std::mem::take(&mut self.waiting));
+        self.flushed(tip, waiting, result);
+    }
+
+    /// Starts a flush if anything waits for one or the tip moved since the last.
+    fn start_flush(&mut self) -> Option<Flushing> {
+        let tip = self.store.tip().clone();
+        if self.waiting.is_empty() && tip == self.durable {
+            return None;
+        }
+        let db = self.store.db().clone();
+        Some(Flushing {
+            done: tokio::task::spawn_blocking(move || {
+                db.flush().map(|_| ()).map_err(|e| e.to_string())
+            }),
+            tip,
+            released: std::mem::take(&mut self.waiting),
+        })
+    }
+
+    /// Releases what a flush made durable; on failure, answers with the error and
+    /// announces nothing (the next flush tries again for the tip).
+    fn flushed(&mut self, tip: Tip, released: Vec<AfterFlush>, result: Result<(), String>) {
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "flush failed: nothing acknowledged until one succeeds");
+        }
+        for a in released {
+            match (a, &result) {
+                (AfterFlush::Reply(reply, r), Ok(())) => {
+                    let _ = reply.send(r);
+                }
+                (AfterFlush::Reply(reply, _), Err(e)) => {
+                    let _ = reply.send(Err(SubmitError::Storage(e.clone())));
+                }
+                (AfterFlush::Produced(b), Ok(())) => self.emit(ChainEvent::Produced(b)),
+                (_, Err(_)) => {}
+            }
+        }
+        if result.is_ok() && tip != self.durable {
+            self.durable = tip;
+        }
+        self.publish_status();
     }
 
     fn until_next_slot(&self) -> Duration {
@@ -255,10 +344,9 @@ impl ChainService {
                     sigs_verified,
                     reply,
                 } => {
-                    // Written, but not worth an fsync of their own: nobody was promised
-                    // them, and the peers that sent them still hold them. The next flush
-                    // (sled's own, within half a second, or any acknowledged write) takes
-                    // them along.
+                    // Written, but not worth an fsync of their own: the next flush
+                    // (sled's own, within half a second, or any acknowledged write)
+                    // takes them along.
                     let mut written = false;
                     let r = self.add_txs(txs, sigs_verified, &mut written);
                     peer_replies.push((reply, r));
@@ -268,13 +356,13 @@ impl ChainService {
                     short_ids,
                     reply,
                 } => {
-                    let _ = reply.send(self.pool.pool().by_short_ids(&block, &short_ids));
+                    let _ = reply.send(self.pool.lock().pool().by_short_ids(&block, &short_ids));
                 }
                 Command::PoolLog { cursor, max, reply } => {
-                    let _ = reply.send(self.pool.pool().log_since(cursor, max));
+                    let _ = reply.send(self.pool.lock().pool().log_since(cursor, max));
                 }
                 Command::PendingTx { id, reply } => {
-                    let _ = reply.send(self.pool.pool().get(&id).cloned());
+                    let _ = reply.send(self.pool.lock().pool().get(&id).cloned());
                 }
                 Command::ImportBlocks {
                     blocks,
@@ -292,7 +380,7 @@ impl ChainService {
                     let mut found = Vec::new();
                     let mut missing = Vec::new();
                     for id in ids {
-                        match self.pool.pool().get(&id) {
+                        match self.pool.lock().pool().get(&id) {
                             Some(t) => found.push(t.clone()),
                             None => missing.push(id),
                         }
@@ -303,33 +391,31 @@ impl ChainService {
                     let acct = PoolState(self.store.account_reader())
                         .account(&addr)
                         .unwrap_or_default();
-                    let _ = reply.send(self.pool.pool().next_nonce(&addr, acct.nonce));
+                    let _ = reply.send(self.pool.lock().pool().next_nonce(&addr, acct.nonce));
                 }
             }
         }
-        if wrote && let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "flush failed");
-            for (reply, _) in replies {
-                let _ = reply.send(Err(SubmitError::Storage(e.to_string())));
-            }
-            for (reply, r) in peer_replies {
-                let failed = r
-                    .iter()
-                    .map(|_| Err(SubmitError::Storage(e.to_string())))
-                    .collect();
-                let _ = reply.send(failed);
-            }
-            return;
-        }
-        for (reply, r) in replies {
-            let _ = reply.send(r);
-        }
+        // Peers' transactions need no flush of their own: nobody was promised them,
+        // and the peers that sent them still hold them.
         for (reply, r) in peer_replies {
             let _ = reply.send(r);
         }
-        // Spread only what is durable.
+        // Spread at once: a transaction is the sender's, not a promise of ours, and
+        // peers holding it if we crashed before the flush loses nothing. The answer
+        // to the client waits for the flush.
         for tx in publish {
             self.emit(ChainEvent::NewTx(tx));
+        }
+        if wrote {
+            self.waiting.extend(
+                replies
+                    .into_iter()
+                    .map(|(reply, r)| AfterFlush::Reply(reply, r)),
+            );
+        } else {
+            for (reply, r) in replies {
+                let _ = reply.send(r);
+            }
         }
         self.publish_status();
     }
@@ -343,7 +429,8 @@ impl ChainService {
     ) -> Vec<Result<Hash, SubmitError>> {
         let n = txs.len();
         let state = PoolState(self.store.account_reader());
-        match self.pool.add_many(txs, &state, sigs_verified) {
+        let added = self.pool.lock().add_many(txs, &state, sigs_verified);
+        match added {
             Ok(results) => results
                 .into_iter()
                 .map(|r| match r {
@@ -363,7 +450,8 @@ impl ChainService {
 
     fn add_tx(&mut self, tx: Tx, wrote: &mut bool) -> Result<Hash, SubmitError> {
         let state = PoolState(self.store.account_reader());
-        match self.pool.add(tx, &state) {
+        let added = self.pool.lock().add(tx, &state);
+        match added {
             Ok(Ok(added)) => {
                 *wrote = true;
                 // First sight of a transaction, for latency measurements across nodes.
@@ -395,7 +483,7 @@ impl ChainService {
 
     fn produce(&mut self, key: &Keypair, slot: u64) -> anyhow::Result<()> {
         let max = self.store.genesis().limits.max_block_txs as usize;
-        let candidates = self.pool.pool().best(max);
+        let candidates = self.pool.lock().pool().best(max);
         let built = self.store.build_block(key, slot, candidates)?;
         if !built.invalid.is_empty() {
             let ids: Vec<Hash> = built.invalid.iter().map(|(h, _)| *h).collect();
@@ -403,6 +491,7 @@ impl ChainService {
                 tracing::debug!(tx = %id, error = %why, "dropping a pool transaction that no longer applies");
             }
             self.pool
+                .lock()
                 .remove_invalid(&ids, &PoolState(self.store.account_reader()))?;
         }
         let txs = built.block.txs.len();
@@ -412,13 +501,16 @@ impl ChainService {
             self.import_block_with(built.block, SigCheck::AlreadyVerified)?
         {
             tracing::info!(height = tip.height, slot, txs, hash = %hash, "produced block");
-            self.emit(ChainEvent::Produced(block));
+            // Announced once durable: a producer that crashed with its block announced
+            // but lost would produce another for the same slot.
+            self.waiting.push(AfterFlush::Produced(block));
         }
         Ok(())
     }
 
-    /// Imports a block (ours or a peer's), makes it durable, and brings the mempool in
-    /// line: included transactions leave it, those of blocks a reorg abandoned return.
+    /// Imports a block (ours or a peer's) and brings the mempool in line: included
+    /// transactions leave it, those of blocks a reorg abandoned return. The new tip is
+    /// reported after the next flush.
     pub fn import_block(&mut self, block: chainmesh_proto::Block) -> anyhow::Result<ImportOutcome> {
         self.import_block_with(block, SigCheck::Verify)
     }
@@ -437,7 +529,6 @@ impl ChainService {
             applied, reverted, ..
         } = &outcome
         {
-            self.store.flush()?;
             self.after_new_tip(applied, reverted)?;
         }
         Ok(outcome)
@@ -448,8 +539,14 @@ impl ChainService {
         applied: &[chainmesh_proto::Block],
         reverted: &[chainmesh_proto::Block],
     ) -> anyhow::Result<()> {
-        self.pool
-            .on_new_tip(applied, reverted, &PoolState(self.store.account_reader()))?;
+        // Written after the pool is released: peers' transactions wait for the pool, not
+        // for the removal of what the block included from disk.
+        let writes = self.pool.lock().on_new_tip_unwritten(
+            applied,
+            reverted,
+            &PoolState(self.store.account_reader()),
+        );
+        writes.apply()?;
         if !reverted.is_empty() {
             let returned: usize = reverted.iter().map(|b| b.txs.len()).sum();
             tracing::info!(
@@ -462,8 +559,8 @@ impl ChainService {
         Ok(())
     }
 
-    /// Imports a run of blocks from sync with a single flush at the end (a tip is
-    /// reported only after it), stopping at the first failure.
+    /// Imports a run of blocks from sync, stopping at the first failure; the new tip is
+    /// reported after the next flush.
     pub fn import_blocks(
         &mut self,
         blocks: Vec<chainmesh_proto::Block>,
@@ -538,12 +635,7 @@ impl ChainService {
         for b in &applied {
             tracing::trace!(target: "chainmesh::seen", block = %b.hash(), "block");
         }
-        let durable = self
-            .store
-            .flush()
-            .map_err(anyhow::Error::from)
-            .and_then(|()| self.after_new_tip(&applied, &reverted));
-        if let Err(e) = durable {
+        if let Err(e) = self.after_new_tip(&applied, &reverted) {
             tracing::error!(error = %e, "storing synced blocks failed");
             return ImportResult::Failed {
                 hash: chainmesh_proto::Hash::ZERO,
@@ -558,8 +650,8 @@ impl ChainService {
         &self.store
     }
 
-    pub fn pool(&self) -> &chainmesh_mempool::Pool {
-        self.pool.pool()
+    pub fn pool(&self) -> &SharedPool {
+        &self.pool
     }
 }
 
@@ -567,7 +659,7 @@ impl ChainService {
 mod tests {
     use super::*;
     use chainmesh_chain_sync::{Allocation, ChainLimits, Genesis};
-    use chainmesh_mempool::PoolConfig;
+    use chainmesh_mempool::{PersistentPool, PoolConfig};
     use chainmesh_proto::PublicKey;
 
     struct Fx {
@@ -612,12 +704,13 @@ mod tests {
             &PoolState(store.account_reader()),
         )
         .unwrap();
-        ChainService::new(store, pool, None).0
+        ChainService::new(store, SharedPool::new(pool), None).0
     }
 
     fn submit(svc: &mut ChainService, tx: Tx) -> Result<Hash, SubmitError> {
         let (reply, mut rx) = oneshot::channel();
         svc.handle_batch(vec![Command::SubmitTx { tx, reply }]);
+        svc.flush_now();
         rx.try_recv().unwrap()
     }
 
@@ -639,7 +732,7 @@ mod tests {
         // Our block (slot 2, authority a) includes both; the pool empties.
         ours.produce(&f.a, 2).unwrap();
         assert_eq!(ours.store().tip().height, 1);
-        assert!(ours.pool().is_empty());
+        assert!(ours.pool().lock().pool().is_empty());
         assert_eq!(ours.store().account(&bob).unwrap().balance, 300);
 
         // Another node built a longer fork from genesis without those txs.
@@ -660,8 +753,18 @@ mod tests {
             1_000
         );
         // The orphaned txs are pending again, in nonce order, ready for the next block.
-        let pending: Vec<Hash> = ours.pool().best(10).iter().map(Tx::id).collect();
+        let pending: Vec<Hash> = ours
+            .pool()
+            .lock()
+            .pool()
+            .best(10)
+            .iter()
+            .map(Tx::id)
+            .collect();
         assert_eq!(pending, vec![t0.id(), t1.id()]);
+        // The new tip is reported once a flush made it durable.
+        assert!(ours.status.borrow().height < 2);
+        ours.flush_now();
         assert_eq!(*ours.status.borrow(), {
             let mut s = ours.status.borrow().clone();
             s.height = 2;
@@ -670,6 +773,6 @@ mod tests {
         });
         ours.produce(&f.b, 5).unwrap();
         assert_eq!(ours.store().account(&bob).unwrap().balance, 300);
-        assert!(ours.pool().is_empty());
+        assert!(ours.pool().lock().pool().is_empty());
     }
 }

@@ -5,6 +5,7 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod p2p;
+pub mod pool;
 pub mod setup;
 
 use std::net::SocketAddr;
@@ -19,8 +20,9 @@ use chainmesh_proto::{Address, Keypair, Tx};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 
-use crate::chain::{COMMAND_QUEUE, ChainService, PoolState};
+use crate::chain::{COMMAND_QUEUE, ChainService};
 use crate::config::Config;
+use crate::pool::{PoolState, SharedPool};
 
 #[derive(Parser)]
 #[command(name = "chainmesh", version, about = "chainmesh full node")]
@@ -423,7 +425,8 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
     );
     let reader = store.reader();
     let db = store.db().clone();
-    let (svc, status) = ChainService::new(store, pool, producer);
+    let pool = SharedPool::new(pool);
+    let (svc, status) = ChainService::new(store, pool.clone(), producer);
     let (events_tx, events_rx) = mpsc::channel(chain::EVENT_QUEUE);
     let svc = svc.with_events(events_tx);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -451,6 +454,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
                 status: status.clone(),
                 chain: cmd_tx.clone(),
                 events: events_rx,
+                pool: pool.clone(),
             },
             Vec::new(),
             &mut registry,
@@ -469,6 +473,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
             net: net.commands,
             sync: net.sync,
             metrics: std::sync::Arc::new(registry),
+            pool,
         };
         axum::serve(listener, api::router(state, cfg.api.max_body_bytes))
             .with_graceful_shutdown(shutdown_signal())

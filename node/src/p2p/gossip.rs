@@ -1,28 +1,37 @@
 //! Gossip in the network task: publishing what the chain task reports, validating what
 //! peers publish before gossipsub may forward it, and rebuilding compact blocks.
 //!
-//! Transactions from gossip are validated in batches by the chain task (one command per
-//! event-loop round). A compact block passes the cheap checks here (header signature
+//! Transactions from gossip are checked in batches (one per event-loop round) off the
+//! event loop and forwarded on that check; the chain task adds them to the pool after. A compact block passes the cheap checks here (header signature
 //! and slot, size) before the [`CompactRelay`] rebuilds it.
 
 use chainmesh_behaviours::gossip::{self, GossipMessage};
 use chainmesh_behaviours::peers::Fault;
 use chainmesh_behaviours::sync::Request;
 use chainmesh_chain_sync::relay::{RelayAction, Verdict};
-use chainmesh_chain_sync::rules::{tx_signatures_valid, validate_header_alone};
+use std::collections::{HashMap, VecDeque};
+
+use chainmesh_chain_sync::rules::{tx_signatures, tx_signatures_valid, validate_header_alone};
+use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_chain_sync::sync::ImportResult;
-use chainmesh_mempool::AddError;
-use chainmesh_proto::{Block, CompactBlock, Hash, Tx, TxError, wire};
+use chainmesh_mempool::{AddError, Pool, PoolConfig};
+use chainmesh_proto::{Address, Block, CompactBlock, Hash, Tx, TxError, wire};
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
 use tokio::sync::oneshot;
 
 use super::{Internal, Net, Outbound};
-use crate::chain::{ChainEvent, Command, SubmitError, now_ms};
+use crate::chain::{ChainEvent, Command, now_ms};
+use crate::pool::{ReaderState, SharedPool};
 
 /// Most gossip transactions being validated at once; beyond it they are ignored (not
 /// forwarded, no penalty): pool sync delivers them later if they matter.
 pub(super) const MAX_VALIDATING: usize = 8_192;
+
+/// Most transactions checked on the event loop itself (tens of µs each): a small batch
+/// costs less there than two thread hand-offs; larger ones, as under a flood, go to a
+/// blocking thread.
+const INLINE_CHECK: usize = 4;
 
 /// The tag a compact block carries through the relay: the gossip message to settle.
 pub(super) type RelayTag = (MessageId, PeerId);
@@ -84,6 +93,9 @@ impl Net {
             }
             Ok(GossipMessage::Tx(tx)) => {
                 self.stats.tx_received += 1;
+                // Arrival before validation: with `chainmesh::seen`, splits a hop's time
+                // into the wire and our own validation.
+                tracing::trace!(target: "chainmesh::arrived", tx = %tx.id(), from = %source);
                 if self.validating >= MAX_VALIDATING {
                     self.stats.tx_ignored += 1;
                     self.report(&id, &source, MessageAcceptance::Ignore);
@@ -100,44 +112,94 @@ impl Net {
         }
     }
 
-    /// Sends the transactions gathered this round to the chain task as one batch.
+    /// Checks the transactions gathered this round as one batch, off the event loop:
+    /// signatures (batch-verified) and what a pool at our confirmed state could admit.
+    /// The verdict goes to gossipsub at once, so forwarding never waits for the chain
+    /// task (which may be importing or producing a block); the pool gets them after.
     pub(super) fn flush_gossip_txs(&mut self) {
         if self.gossip_txs.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.gossip_txs);
-        let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
-        let (slots, genesis) = (self.verify_slots.clone(), self.genesis_hash);
+        let (tags, txs): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|(id, p, tx)| ((id, p), tx)).unzip();
+        if txs.len() <= INLINE_CHECK {
+            let results = precheck(&self.genesis_hash, &self.reader, &self.pool_config, &txs);
+            self.on_gossip_checked(tags, txs, results);
+            return;
+        }
+        let (reader, pool, genesis) = (
+            self.reader.clone(),
+            self.pool_config.clone(),
+            self.genesis_hash,
+        );
+        let internal = self.internal_tx.clone();
         tokio::spawn(async move {
-            let (tags, txs): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|(id, p, tx)| ((id, p), tx)).unzip();
-            let results = super::verify::submit_verified(chain, slots, genesis, txs).await;
-            let _ = internal.send(Internal::GossipTxs { tags, results }).await;
+            let checked = tokio::task::spawn_blocking(move || {
+                let results = precheck(&genesis, &reader, &pool, &txs);
+                (txs, results)
+            })
+            .await;
+            // A check that died answers nothing: every transaction is ignored.
+            let (txs, results) = checked.unwrap_or_default();
+            let _ = internal
+                .send(Internal::GossipChecked { tags, txs, results })
+                .await;
         });
     }
 
-    pub(super) fn on_gossip_tx_results(
+    pub(super) fn on_gossip_checked(
         &mut self,
         tags: Vec<(MessageId, PeerId)>,
-        results: Option<Vec<Result<Hash, SubmitError>>>,
+        txs: Vec<Tx>,
+        results: Vec<Result<(), AddError>>,
     ) {
-        self.validating = self.validating.saturating_sub(tags.len());
-        let results = results.unwrap_or_default();
-        for (i, (id, peer)) in tags.into_iter().enumerate() {
-            let (acceptance, fault) = match results.get(i) {
-                Some(r) => tx_verdict(r),
-                None => (MessageAcceptance::Ignore, None),
+        let mut pool = Vec::new();
+        for (((id, peer), tx), r) in tags.iter().zip(txs).zip(results) {
+            let (acceptance, fault) = match &r {
+                // One transaction per sender and nonce travels by gossip: conflicting
+                // ones (replacements, or a sender spending its nonce many times over)
+                // reach other pools through pool sync, if their pool takes them.
+                Ok(()) if !self.forwarded.first(&tx) => (MessageAcceptance::Ignore, None),
+                Ok(()) => (MessageAcceptance::Accept, None),
+                Err(e) => precheck_verdict(e),
             };
             match acceptance {
                 MessageAcceptance::Accept => self.stats.tx_accepted += 1,
                 MessageAcceptance::Reject => self.stats.tx_rejected += 1,
                 MessageAcceptance::Ignore => self.stats.tx_ignored += 1,
             }
-            self.report(&id, &peer, acceptance);
+            self.report(id, peer, acceptance);
             if let Some((f, why)) = fault {
-                self.fault(peer, f, format!("gossiped an invalid transaction: {why}"));
+                self.fault(*peer, f, format!("gossiped an invalid transaction: {why}"));
+            }
+            if r.is_ok() {
+                pool.push(tx);
             }
         }
+        self.validating = self.validating.saturating_sub(tags.len());
+        if pool.is_empty() {
+            return;
+        }
+        // The verdict is given; the pool takes them on a blocking thread (sled writes),
+        // not through the chain task, which may be importing a block. Too many already
+        // on their way: dropped here, and pool sync brings them later if they matter.
+        let n = pool.len();
+        if self.pooling + n > MAX_VALIDATING {
+            self.stats.tx_pool_dropped += n as u64;
+            tracing::debug!(txs = n, "pool busy: gossiped transactions not pooled");
+            return;
+        }
+        self.pooling += n;
+        let (shared, reader, internal) = (
+            self.pool.clone(),
+            self.reader.clone(),
+            self.internal_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || add_to_pool(&shared, &reader, pool)).await;
+            let _ = internal.send(Internal::Pooled { n }).await;
+        });
     }
 
     fn on_compact_block(&mut self, source: PeerId, id: MessageId, cb: CompactBlock) {
@@ -341,28 +403,89 @@ impl Net {
     }
 }
 
-/// What a mempool answer means for a gossiped transaction: forward it, reject it (the
-/// sender sent something no honest node would forward), or drop it quietly (it may be
-/// valid elsewhere: a nonce race, a full pool, already known).
-fn tx_verdict(r: &Result<Hash, SubmitError>) -> (MessageAcceptance, Option<(Fault, String)>) {
-    match r {
-        Ok(_) => (MessageAcceptance::Accept, None),
-        Err(SubmitError::Rejected(e)) => match e {
-            AddError::Invalid(
-                te @ (TxError::BadSignature
-                | TxError::FeeTooLow { .. }
-                | TxError::ZeroAmount
-                | TxError::Overflow),
-            ) => (
-                MessageAcceptance::Reject,
-                Some((Fault::InvalidMessage, te.to_string())),
-            ),
-            e @ AddError::TooLarge { .. } => (
-                MessageAcceptance::Reject,
-                Some((Fault::InvalidMessage, e.to_string())),
-            ),
-            _ => (MessageAcceptance::Ignore, None),
-        },
-        Err(SubmitError::Storage(_)) => (MessageAcceptance::Ignore, None),
+/// Adds transactions whose signatures were verified.
+fn add_to_pool(pool: &SharedPool, reader: &StoreReader, txs: Vec<Tx>) {
+    let (results, writes) = pool
+        .lock()
+        .add_many_unwritten(txs, &ReaderState(reader), true);
+    for added in results.iter().flatten() {
+        // First sight of a transaction, for latency measurements across nodes.
+        tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
+    }
+    if let Err(e) = writes.apply() {
+        tracing::error!(error = %e, "the mempool cannot be written");
+    }
+}
+
+/// Signature and pool precheck of each transaction, in order.
+fn precheck(
+    genesis: &Hash,
+    reader: &StoreReader,
+    pool: &PoolConfig,
+    txs: &[Tx],
+) -> Vec<Result<(), AddError>> {
+    tx_signatures(genesis, txs)
+        .into_iter()
+        .zip(txs)
+        .map(|(signed, tx)| {
+            if !signed {
+                return Err(AddError::Invalid(TxError::BadSignature));
+            }
+            let account = reader
+                .account(&tx.from)
+                .map_err(|e| AddError::State(e.to_string()))?;
+            Pool::precheck(tx, account, pool)
+        })
+        .collect()
+}
+
+/// What a failed precheck means for a gossiped transaction: reject it (the sender sent
+/// something no honest node would forward), or drop it quietly (it may be valid where
+/// the state is newer or older than ours).
+fn precheck_verdict(e: &AddError) -> (MessageAcceptance, Option<(Fault, String)>) {
+    match e {
+        AddError::Invalid(
+            TxError::BadSignature
+            | TxError::FeeTooLow { .. }
+            | TxError::ZeroAmount
+            | TxError::Overflow,
+        )
+        | AddError::TooLarge { .. } => (
+            MessageAcceptance::Reject,
+            Some((Fault::InvalidMessage, e.to_string())),
+        ),
+        _ => (MessageAcceptance::Ignore, None),
+    }
+}
+
+/// The (sender, nonce) pairs this node has forwarded by gossip, the latest
+/// [`MAX_FORWARDED`]: a transaction is checked against confirmed state only, so without
+/// this a sender could have any number of transactions with one nonce spread by every
+/// node, though at most one of them can ever be included.
+#[derive(Default)]
+pub(super) struct Forwarded {
+    ids: HashMap<(Address, u64), Hash>,
+    order: VecDeque<(Address, u64)>,
+}
+
+/// About a minute of transactions at a thousand per second.
+const MAX_FORWARDED: usize = 65_536;
+
+impl Forwarded {
+    /// Whether `tx` is the first of its sender and nonce (or that one again).
+    fn first(&mut self, tx: &Tx) -> bool {
+        let key = (tx.from, tx.nonce);
+        let id = tx.id();
+        if let Some(seen) = self.ids.get(&key) {
+            return *seen == id;
+        }
+        if self.order.len() >= MAX_FORWARDED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(key, id);
+        self.order.push_back(key);
+        true
     }
 }

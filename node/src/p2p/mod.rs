@@ -101,6 +101,9 @@ pub struct NetStats {
     pub tx_accepted: u64,
     pub tx_rejected: u64,
     pub tx_ignored: u64,
+    /// Gossiped transactions forwarded but not offered to our pool: the chain task's
+    /// queue was full.
+    pub tx_pool_dropped: u64,
     pub blocks_published: u64,
     pub blocks_received: u64,
     pub blocks_accepted: u64,
@@ -155,6 +158,8 @@ pub struct NetworkParams {
     pub chain: mpsc::Sender<Command>,
     /// What the chain task asks us to spread.
     pub events: mpsc::Receiver<ChainEvent>,
+    /// The mempool: gossiped transactions go in from here.
+    pub pool: crate::pool::SharedPool,
 }
 
 /// Most sync requests served at once (each holds a response of up to 8 MiB).
@@ -189,9 +194,14 @@ struct Deferred {
 
 /// Answers of work spawned off the event loop.
 enum Internal {
-    GossipTxs {
+    /// Gossiped transactions the pool took or refused.
+    Pooled {
+        n: usize,
+    },
+    GossipChecked {
         tags: Vec<(MessageId, PeerId)>,
-        results: Option<Vec<Result<Hash, SubmitError>>>,
+        txs: Vec<Tx>,
+        results: Vec<Result<(), chainmesh_mempool::AddError>>,
     },
     RelayPool {
         block: Hash,
@@ -245,6 +255,11 @@ struct Net {
     held: HashMap<PeerId, pool_sync::Held>,
     gossip_txs: Vec<(MessageId, PeerId, Tx)>,
     validating: usize,
+    forwarded: gossip::Forwarded,
+    pool_config: chainmesh_mempool::PoolConfig,
+    pool: crate::pool::SharedPool,
+    /// Gossiped transactions being added to the pool.
+    pooling: usize,
     internal_tx: mpsc::Sender<Internal>,
     stats: NetStats,
     book: AddrBook,
@@ -347,6 +362,7 @@ pub fn start(
     let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
     let (sync_tx, sync_rx) = watch::channel(SyncView::default());
     let rps = p.cfg.sync_requests_per_second;
+    let pool_config = p.pool.lock().pool().config().clone();
     let mut net = Net {
         swarm,
         metrics,
@@ -367,6 +383,10 @@ pub fn start(
         held: HashMap::new(),
         gossip_txs: Vec::new(),
         validating: 0,
+        forwarded: gossip::Forwarded::default(),
+        pool_config: pool_config.clone(),
+        pool: p.pool,
+        pooling: 0,
         internal_tx,
         stats: NetStats::default(),
         book,
@@ -459,7 +479,13 @@ impl Net {
     fn on_internal(&mut self, m: Internal) {
         let now = now_ms();
         match m {
-            Internal::GossipTxs { tags, results } => self.on_gossip_tx_results(tags, results),
+            Internal::Pooled { n } => {
+                self.pooling = self.pooling.saturating_sub(n);
+                self.service_held_permits();
+            }
+            Internal::GossipChecked { tags, txs, results } => {
+                self.on_gossip_checked(tags, txs, results)
+            }
             Internal::RelayPool { block, found } => self.relay.on_pool(&block, found, now),
             Internal::RelayImported { block, result } => self.relay.on_imported(&block, result),
             Internal::PoolLog { channel, ids, next } => self.on_pool_log(channel, ids, next),

@@ -29,7 +29,7 @@ pub(super) struct Held {
 
 impl Net {
     fn pool_head(&self) -> u64 {
-        self.status.borrow().pool_head
+        self.pool.lock().pool().log_head()
     }
 
     pub(super) fn on_pool_event(&mut self, ev: pool::Event) {

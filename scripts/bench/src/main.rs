@@ -89,6 +89,24 @@ fn out_dir(args: &[String]) -> PathBuf {
         .map_or(PathBuf::from("."), PathBuf::from)
 }
 
+/// The value after `name`, if given.
+fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// A number after `name`, or `default`; a bad number is an error, not a silent default.
+fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match value(args, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}: not a number: {v:?}")),
+    }
+}
+
 fn run(args: &[String]) -> anyhow::Result<()> {
     let (quick, out) = (flag(args, "--quick"), out_dir(args));
     let started = Instant::now();
@@ -162,20 +180,37 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 fn run_gossip(args: &[String]) -> anyhow::Result<()> {
     use gossip::Mode;
     let (quick, out) = (flag(args, "--quick"), out_dir(args));
-    let sizes: &[usize] = if quick { &[10] } else { &[10, 30] };
-    let (txs, rate) = if quick { (300, 50) } else { (1_500, 100) };
-    let mut results = Vec::new();
-    for &n in sizes {
-        for mode in [
+    // The overrides are for working on one case; the report is for the defaults.
+    let sizes: Vec<usize> = match value(args, "--nodes") {
+        Some(v) => v
+            .split(',')
+            .map(|n| n.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--nodes: a list of numbers, not {v:?}"))?,
+        None if quick => vec![10],
+        None => vec![10, 30],
+    };
+    let modes: Vec<Mode> = match value(args, "--modes") {
+        Some(v) => v
+            .split(',')
+            .map(Mode::parse)
+            .collect::<anyhow::Result<_>>()?,
+        None => vec![
             Mode::DirectPush,
             Mode::Both,
             Mode::GossipOnly,
             Mode::PullOnly,
-        ] {
+        ],
+    };
+    let (txs, rate) = if quick { (300, 50) } else { (1_500, 100) };
+    let (txs, rate) = (number(args, "--txs", txs)?, number(args, "--rate", rate)?);
+    let mut results = Vec::new();
+    for &n in &sizes {
+        for &mode in &modes {
             eprintln!("gossip: {n} nodes, {mode:?}, {txs} txs at {rate}/s...");
             let r = gossip::bench_gossip(n, mode, txs, rate)?;
             eprintln!(
-                "  reached all {} of {}, tx p50 {:.0} ms p99 {:.0} ms, block p50 {:.0} ms p99 {:.0} ms, amplification {:.2} (gossip {:.2}, pull {:.2})",
+                "  reached all {} of {}, tx p50 {:.0} ms p99 {:.0} ms, block p50 {:.0} ms p99 {:.0} ms, amplification {:.2} (gossip {:.2}, pull {:.2}), wire {:.2}",
                 r.txs_reached_all,
                 r.txs,
                 r.tx_p50_ms,
@@ -184,12 +219,13 @@ fn run_gossip(args: &[String]) -> anyhow::Result<()> {
                 r.block_p99_ms,
                 r.amplification,
                 r.amplification_gossip,
-                r.amplification_pull
+                r.amplification_pull,
+                r.wire
             );
             results.push(r);
         }
     }
-    let ingest_txs = if quick { 5_000 } else { 20_000 };
+    let ingest_txs = number(args, "--ingest-txs", if quick { 5_000 } else { 20_000 })?;
     eprintln!("ingest: {ingest_txs} txs by pull...");
     let ingest = gossip::bench_ingest(ingest_txs)?;
     let command = format!(
