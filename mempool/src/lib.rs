@@ -5,9 +5,12 @@
 //!   replacement by a higher fee, updates on blocks and reorgs. Every change is journaled.
 //!   Its propagation log lets peers read it with a cursor.
 //! - [`persist`]: mirrors the journal into a sled tree and reloads it at start.
+//! - [`chunks`]: the stored form, many transactions per sled value, and which chunk
+//!   holds which transaction.
 //! - [`pull`]: the receiving side of pull-based mempool sync: per-peer cursors and
 //!   permits, one in flight per peer.
 
+pub mod chunks;
 pub mod persist;
 pub mod pool;
 pub mod pull;

@@ -1,20 +1,22 @@
-//! Persistence of the pool in a sled tree (`mempool`: tx id → protobuf tx).
+//! Persistence of the pool in a sled tree (`mempool`), as chunks of transactions (see
+//! [`crate::chunks`]).
 //!
-//! The pool's journal is written after every operation (a batch when it is long), or
-//! handed to the caller to write once it has released the pool. At start the tree is read back and every
+//! The pool's journal is written after every operation, or handed to the caller to
+//! write once it has released the pool. At start the tree is read back and every
 //! transaction re-validated against the current chain state, which may have moved on
-//! while the node was down.
+//! while the node was down; what is kept is written back as fresh chunks.
+
+use std::collections::HashSet;
 
 use chainmesh_proto::{Hash, Tx, wire};
 
+use crate::chunks::{self, CHUNK_TXS, ChunkIndex, Fate};
 use crate::pool::{AccountState, AddError, Added, Change, Pool, PoolConfig};
-
-/// Up to this many changes are written one by one rather than as a batch.
-const FEW_CHANGES: usize = 64;
 
 pub struct PersistentPool {
     pool: Pool,
     tree: sled::Tree,
+    chunks: ChunkIndex,
 }
 
 impl PersistentPool {
@@ -25,19 +27,30 @@ impl PersistentPool {
         state: &dyn AccountState,
     ) -> Result<PersistentPool, sled::Error> {
         let mut stored: Vec<Tx> = Vec::new();
-        let mut bad = Vec::new();
+        let mut old_keys = Vec::new();
+        let mut next_chunk = 0;
         for r in tree.iter() {
             let (k, v) = r?;
-            match wire::decode_tx(&v) {
-                Ok(tx) => stored.push(tx),
+            let decoded = match k.len() {
+                8 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&k);
+                    next_chunk = next_chunk.max(u64::from_be_bytes(n).saturating_add(1));
+                    chunks::decode(&v).map_err(|e| e.to_string())
+                }
+                // One transaction under its id: how versions before chunks stored them.
+                32 => wire::decode_tx(&v)
+                    .map(|t| vec![t])
+                    .map_err(|e| e.to_string()),
+                n => Err(format!("a key of {n} bytes")),
+            };
+            match decoded {
+                Ok(txs) => stored.extend(txs),
                 Err(e) => {
-                    tracing::warn!(key = %hex_key(&k), error = %e, "dropping a malformed stored transaction");
-                    bad.push(k);
+                    tracing::warn!(key = %hex_key(&k), error = %e, "dropping malformed stored transactions");
                 }
             }
-        }
-        for k in bad {
-            tree.remove(k)?;
+            old_keys.push(k);
         }
         stored.sort_by_key(|t| (t.from, t.nonce, std::cmp::Reverse(t.fee)));
         let total = stored.len();
@@ -45,25 +58,28 @@ impl PersistentPool {
         for tx in stored {
             let _ = pool.add(tx, state);
         }
-        let mut me = PersistentPool { pool, tree };
-        // Entries that no longer validate are journaled as never added: remove them.
-        me.pool.take_changes();
-        let keep: std::collections::HashSet<Hash> =
-            me.pool.best(usize::MAX).iter().map(Tx::id).collect();
+        // What is kept goes back as new chunks, replacing every old key in one batch.
+        let mut me = PersistentPool {
+            pool,
+            tree,
+            chunks: ChunkIndex::starting_at(next_chunk),
+        };
         let mut batch = sled::Batch::default();
-        let mut dropped = 0;
-        for r in me.tree.iter() {
-            let (k, _) = r?;
-            if Hash::from_slice(&k).is_none_or(|h| !keep.contains(&h)) {
-                batch.remove(k);
-                dropped += 1;
+        for k in old_keys {
+            batch.remove(k);
+        }
+        let writes = me.take_writes();
+        for op in writes.ops {
+            if let (k, Some(v)) = op {
+                batch.insert(&k, v);
             }
         }
         me.tree.apply_batch(batch)?;
         tracing::info!(
             restored = me.pool.len(),
-            dropped,
+            dropped = total - me.pool.len(),
             stored = total,
+            chunks = me.chunks.len(),
             "mempool loaded"
         );
         Ok(me)
@@ -78,19 +94,52 @@ impl PersistentPool {
     }
 
     /// The pool's changes since the last write, as sled writes to apply, possibly after
-    /// the pool is released: they name different keys than any later change can until
-    /// they are applied, except in a reorg racing an add, and a stale or missing entry
-    /// there only matters after a crash, where reopening revalidates every entry.
+    /// the pool is released. Two sets of writes applied in the opposite order to the
+    /// one they were taken in (a block's pruning racing an add) can leave a stale chunk
+    /// behind; that only matters after a crash, where reopening revalidates every entry.
     pub fn take_writes(&mut self) -> Writes {
-        let ops = self
-            .pool
-            .take_changes()
-            .into_iter()
-            .map(|c| match c {
-                Change::Added(id) => (id, self.pool.get(&id).map(wire::encode_tx)),
-                Change::Removed(id) => (id, None),
-            })
-            .collect();
+        let mut added: Vec<Hash> = Vec::new();
+        let mut new: HashSet<Hash> = HashSet::new();
+        let mut removed: Vec<Hash> = Vec::new();
+        for c in self.pool.take_changes() {
+            match c {
+                Change::Added(id) => {
+                    if new.insert(id) {
+                        added.push(id);
+                    }
+                }
+                Change::Removed(id) => {
+                    new.remove(&id);
+                    removed.push(id);
+                }
+            }
+        }
+        // Removals first: a transaction removed and added again (a reorg, a
+        // replacement's return) leaves its old chunk for a new one.
+        let mut ops = Vec::new();
+        for fate in self.chunks.remove(&removed) {
+            match fate {
+                Fate::Delete(n) => ops.push((chunks::key(n), None)),
+                Fate::Rewrite(n, ids) => {
+                    let txs = ids.iter().filter_map(|id| self.pool.get(id));
+                    ops.push((chunks::key(n), Some(chunks::encode(txs))));
+                }
+            }
+        }
+        added.retain(|id| new.contains(id));
+        for part in added.chunks(CHUNK_TXS) {
+            let ids: Vec<Hash> = part
+                .iter()
+                .filter(|id| self.pool.contains(id))
+                .copied()
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let value = chunks::encode(ids.iter().filter_map(|id| self.pool.get(id)));
+            let n = self.chunks.add(ids);
+            ops.push((chunks::key(n), Some(value)));
+        }
         Writes {
             tree: self.tree.clone(),
             ops,
@@ -128,13 +177,17 @@ impl PersistentPool {
         state: &dyn AccountState,
         sigs_verified: bool,
     ) -> (Vec<Result<Added, AddError>>, Writes) {
+        let state = Remembered {
+            state,
+            seen: Default::default(),
+        };
         let r = txs
             .into_iter()
             .map(|tx| {
                 if sigs_verified {
-                    self.pool.add_verified(tx, state)
+                    self.pool.add_verified(tx, &state)
                 } else {
-                    self.pool.add(tx, state)
+                    self.pool.add(tx, &state)
                 }
             })
             .collect();
@@ -172,34 +225,54 @@ impl PersistentPool {
     }
 }
 
+/// Account state read once per sender for a batch of additions: a pulled batch holds
+/// many transactions of few senders, and each read is a sled lookup.
+struct Remembered<'a> {
+    state: &'a dyn AccountState,
+    seen: std::cell::RefCell<
+        std::collections::HashMap<chainmesh_proto::Address, chainmesh_proto::Account>,
+    >,
+}
+
+impl AccountState for Remembered<'_> {
+    fn account(&self, addr: &chainmesh_proto::Address) -> Result<chainmesh_proto::Account, String> {
+        if let Some(a) = self.seen.borrow().get(addr) {
+            return Ok(*a);
+        }
+        let a = self.state.account(addr)?;
+        self.seen.borrow_mut().insert(*addr, a);
+        Ok(a)
+    }
+}
+
 /// Writes of pool changes, not yet applied.
 #[must_use = "the changes are lost unless applied"]
 pub struct Writes {
     tree: sled::Tree,
-    /// A transaction to store, or (None) an id to remove.
-    ops: Vec<(Hash, Option<Vec<u8>>)>,
+    /// A chunk to store, or (None) to delete.
+    ops: Vec<([u8; 8], Option<Vec<u8>>)>,
 }
 
 impl Writes {
     pub fn apply(self) -> Result<(), sled::Error> {
-        // Separate writes for a few changes: a sled batch seals the log buffer and
+        // Separate writes for one or two chunks: a sled batch seals the log buffer and
         // hands it to an IO thread at once, a wake-up and a write per call, where plain
         // writes wait for the buffer to fill or for the next flush. Atomicity is not
         // needed: a reopened pool revalidates every entry it finds.
-        if self.ops.len() <= FEW_CHANGES {
-            for (id, v) in self.ops {
+        if self.ops.len() <= 2 {
+            for (k, v) in self.ops {
                 match v {
-                    Some(v) => self.tree.insert(id.0, v)?,
-                    None => self.tree.remove(id.0)?,
+                    Some(v) => self.tree.insert(k, v)?,
+                    None => self.tree.remove(k)?,
                 };
             }
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (id, v) in self.ops {
+        for (k, v) in self.ops {
             match v {
-                Some(v) => batch.insert(&id.0, v),
-                None => batch.remove(&id.0),
+                Some(v) => batch.insert(&k, v),
+                None => batch.remove(&k),
             }
         }
         self.tree.apply_batch(batch)
@@ -215,6 +288,77 @@ mod tests {
     use super::*;
     use chainmesh_proto::{Account, Address, Keypair, PublicKey};
     use std::collections::BTreeMap;
+
+    /// Transactions stored in the tree.
+    fn stored(tree: &sled::Tree) -> usize {
+        tree.iter()
+            .map(|r| chunks::decode(&r.unwrap().1).unwrap().len())
+            .sum()
+    }
+
+    fn state_of(k: &Keypair, balance: u64, nonce: u64) -> BTreeMap<Address, Account> {
+        [(k.public(), Account { balance, nonce })]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn many_transactions_share_a_chunk_and_leave_it_as_blocks_include_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Hash::digest(b"persist");
+        let k = Keypair::generate();
+        let state = state_of(&k, 100_000, 0);
+        let txs: Vec<Tx> = (0..40)
+            .map(|n| Tx::transfer(&k, &chain, PublicKey([1; 32]), 10, 1, n))
+            .collect();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("mempool").unwrap();
+        let mut p =
+            PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
+        // 40 from one sender: within the default of 64 per sender.
+        let added = p.add_many(txs.clone(), &state, false).unwrap();
+        assert!(added.iter().all(Result::is_ok));
+        assert_eq!((tree.len(), stored(&tree)), (1, 40));
+        // A block with the first 25: the chunk is rewritten with the 15 left.
+        let block = |txs: &[Tx]| chainmesh_proto::Block {
+            header: chainmesh_proto::Header {
+                parent: Hash::ZERO,
+                height: 1,
+                slot: 1,
+                timestamp_ms: 0,
+                tx_root: chainmesh_proto::Block::tx_root(txs),
+                state_root: Hash::ZERO,
+                producer: PublicKey([0; 32]),
+                signature: chainmesh_proto::Signature([0; 64]),
+            },
+            txs: txs.to_vec(),
+        };
+        let after = state_of(&k, 100_000 - 25 * 11, 25);
+        p.on_new_tip(&[block(&txs[..25])], &[], &after).unwrap();
+        assert_eq!((tree.len(), stored(&tree)), (1, 15));
+        let after = state_of(&k, 100_000 - 40 * 11, 40);
+        p.on_new_tip(&[block(&txs[25..])], &[], &after).unwrap();
+        assert_eq!(tree.len(), 0);
+    }
+
+    #[test]
+    fn reopening_reads_the_old_one_key_per_transaction_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Hash::digest(b"persist");
+        let k = Keypair::generate();
+        let state = state_of(&k, 1_000, 0);
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("mempool").unwrap();
+        for n in 0..3 {
+            let tx = Tx::transfer(&k, &chain, PublicKey([1; 32]), 10, 1, n);
+            tree.insert(tx.id().0, wire::encode_tx(&tx)).unwrap();
+        }
+        tree.insert(b"junk", b"junk".to_vec()).unwrap();
+        let p = PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
+        assert_eq!(p.pool().len(), 3);
+        // Rewritten as one chunk; the junk is gone.
+        assert_eq!((tree.len(), stored(&tree)), (1, 3));
+    }
 
     #[test]
     fn survives_reopen_and_revalidates() {
@@ -275,6 +419,6 @@ mod tests {
         let tree = db.open_tree("mempool").unwrap();
         let p = PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
         assert_eq!(p.pool().len(), 3);
-        assert_eq!(tree.len(), 3);
+        assert_eq!(stored(&tree), 3);
     }
 }

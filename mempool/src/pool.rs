@@ -95,6 +95,9 @@ pub struct Pool {
     chain: Hash,
     entries: HashMap<Hash, Entry>,
     by_sender: HashMap<Address, BTreeMap<u64, Hash>>,
+    /// What each sender's pending transactions cost together (amounts plus fees), so an
+    /// admission checks affordability without walking the sender's chain.
+    sender_cost: HashMap<Address, u64>,
     by_fee: BTreeSet<FeeKey>,
     bytes: usize,
     next_seq: u64,
@@ -117,6 +120,12 @@ fn checked_size(tx: &Tx) -> Result<usize, AddError> {
     Ok(size)
 }
 
+/// A pending transaction's cost; [`Tx::cost`] passed when it entered, so this never
+/// saturates in practice.
+fn cost_of(tx: &Tx) -> u64 {
+    tx.amount.saturating_add(tx.fee)
+}
+
 impl Pool {
     /// `chain` is the genesis hash, which transaction signatures commit to.
     pub fn new(config: PoolConfig, chain: Hash) -> Pool {
@@ -125,6 +134,7 @@ impl Pool {
             chain,
             entries: HashMap::new(),
             by_sender: HashMap::new(),
+            sender_cost: HashMap::new(),
             by_fee: BTreeSet::new(),
             bytes: 0,
             next_seq: 0,
@@ -268,16 +278,14 @@ impl Pool {
             None => {}
         }
         // The sender's whole chain, with this tx in its place, must be affordable.
-        let mut needed = tx.cost()?;
-        for (n, h) in pending {
-            if *n != tx.nonce {
-                let c = self
-                    .entries
-                    .get(h)
-                    .map_or(0, |e| e.tx.amount.saturating_add(e.tx.fee));
-                needed = needed.checked_add(c).ok_or(TxError::Overflow)?;
-            }
-        }
+        let pending_cost = self.sender_cost.get(&tx.from).copied().unwrap_or(0);
+        let replaced_cost = replaced
+            .and_then(|r| self.entries.get(&r))
+            .map_or(0, |e| cost_of(&e.tx));
+        let needed = tx
+            .cost()?
+            .checked_add(pending_cost.saturating_sub(replaced_cost))
+            .ok_or(TxError::Overflow)?;
         if needed > acct.balance {
             return Err(TxError::InsufficientBalance {
                 needed,
@@ -398,6 +406,8 @@ impl Pool {
             .or_default()
             .insert(tx.nonce, id);
         self.by_fee.insert((tx.fee, Reverse(seq), id));
+        let cost = self.sender_cost.entry(tx.from).or_default();
+        *cost = cost.saturating_add(cost_of(&tx));
         self.bytes += size;
         self.log.insert(seq, id);
         self.entries.insert(id, Entry { tx, size, seq });
@@ -412,6 +422,12 @@ impl Pool {
             m.remove(&e.tx.nonce);
             if m.is_empty() {
                 self.by_sender.remove(&e.tx.from);
+            }
+        }
+        if let Some(c) = self.sender_cost.get_mut(&e.tx.from) {
+            *c = c.saturating_sub(cost_of(&e.tx));
+            if !self.by_sender.contains_key(&e.tx.from) {
+                self.sender_cost.remove(&e.tx.from);
             }
         }
         self.bytes -= e.size;
@@ -526,10 +542,7 @@ impl Pool {
         let (mut next, mut spent, mut valid) = (acct.nonce, 0u64, true);
         let mut drop = Vec::new();
         for (nonce, id) in pending {
-            let cost = self
-                .entries
-                .get(id)
-                .map_or(u64::MAX, |e| e.tx.amount.saturating_add(e.tx.fee));
+            let cost = self.entries.get(id).map_or(u64::MAX, |e| cost_of(&e.tx));
             let affordable = spent
                 .checked_add(cost)
                 .is_some_and(|total| total <= acct.balance);
@@ -734,6 +747,51 @@ mod tests {
         assert_eq!(b.replaced, Some(a.id));
         assert_eq!(p.len(), 1);
         assert!(p.get(&a.id).is_none());
+    }
+
+    #[test]
+    fn affordability_follows_replacements_and_inclusions() {
+        let f = fx(1, 100);
+        let mut p = f.pool(PoolConfig::default());
+        p.add(f.tx(0, 39, 1, 0), &f.state).unwrap();
+        p.add(f.tx(0, 39, 1, 1), &f.state).unwrap();
+        // 80 pending: 21 more is one too many.
+        assert!(matches!(
+            p.add(f.tx(0, 20, 1, 2), &f.state),
+            Err(AddError::Invalid(TxError::InsufficientBalance {
+                needed: 101,
+                ..
+            }))
+        ));
+        // Replacing nonce 1 by a cheaper amount frees room (its old cost no longer counts).
+        p.add(f.tx(0, 9, 2, 1), &f.state).unwrap();
+        p.add(f.tx(0, 48, 1, 2), &f.state).unwrap();
+        assert!(matches!(
+            p.add(f.tx(0, 1, 1, 3), &f.state),
+            Err(AddError::Invalid(TxError::InsufficientBalance {
+                needed: 102,
+                ..
+            }))
+        ));
+        // Nonce 0 included: its cost leaves with it (the account paid it).
+        let mut st = f.state.clone();
+        st.insert(
+            f.keys[0].public(),
+            Account {
+                balance: 62,
+                nonce: 1,
+            },
+        );
+        p.on_new_tip(&[block_with(vec![f.tx(0, 39, 1, 0)])], &[], &st);
+        assert_eq!(p.len(), 2);
+        p.add(f.tx(0, 1, 1, 3), &st).unwrap();
+        assert!(matches!(
+            p.add(f.tx(0, 1, 1, 4), &st),
+            Err(AddError::Invalid(TxError::InsufficientBalance {
+                needed: 64,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Pull-based mempool sync, the receiver's side (sans I/O).
 //!
 //! We grant each peer a permit: "send me at most `max` entries of your pool log after
-//! `cursor`". The peer answers when it has some (long poll). Only then, and only after we
-//! have fetched the transactions we lacked, do we grant the next permit: a peer can never
-//! send faster than we process, and what it sent is known to have been taken in. Cursors
-//! live per connection; a peer that reconnects is read from the start of its log again,
-//! which costs ids only (transactions we already hold are not fetched).
+//! `cursor`". The peer answers when it has some (long poll). Only then, and only after
+//! the transactions we lacked have arrived, do we grant the next permit, and only while
+//! fewer than `max_in_hand` of the peer's answers are still being verified and added:
+//! the next answer travels while the last one is taken in, yet a peer can never get
+//! more than that ahead of us. Cursors live per connection; a peer that reconnects is
+//! read from the start of its log again, which costs ids only (transactions we already
+//! hold are not fetched).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash as StdHash;
@@ -18,8 +20,10 @@ pub struct PullConfig {
     pub max_entries: u32,
     /// Pause after a failed permit before the next one.
     pub retry_ms: u64,
-    /// Most transaction ids being fetched at once, from all peers together.
+    /// Most transaction ids being fetched or taken in at once, from all peers together.
     pub max_fetching: usize,
+    /// Most answers of one peer whose transactions arrived and are being taken in.
+    pub max_in_hand: usize,
 }
 
 impl Default for PullConfig {
@@ -28,6 +32,7 @@ impl Default for PullConfig {
             max_entries: 1024,
             retry_ms: 2_000,
             max_fetching: 8_192,
+            max_in_hand: 2,
         }
     }
 }
@@ -53,8 +58,10 @@ pub enum PullError {
 struct PeerState {
     cursor: u64,
     permit_out: bool,
-    /// Ids of this peer's last answer still being fetched and submitted.
-    fetching: usize,
+    /// The transactions of this peer's last answer are being looked up or fetched.
+    fetching: bool,
+    /// Answers whose transactions arrived and are being verified and added.
+    in_hand: usize,
     retry_at_ms: u64,
 }
 
@@ -86,13 +93,19 @@ impl<P: Clone + Eq + StdHash> PullSync<P> {
     }
 
     /// Permits to grant now: one per peer that has none out, is not being fetched from,
-    /// and is not pausing after a failure.
+    /// has fewer than `max_in_hand` answers being taken in, and is not pausing after a
+    /// failure.
     pub fn permits(&mut self, now_ms: u64) -> Vec<(P, Permit)> {
         let full = self.fetching.len() >= self.cfg.max_fetching;
         let max = self.cfg.max_entries;
         let mut out = Vec::new();
         for (peer, s) in &mut self.peers {
-            if s.permit_out || s.fetching > 0 || now_ms < s.retry_at_ms || full {
+            if s.permit_out
+                || s.fetching
+                || s.in_hand >= self.cfg.max_in_hand
+                || now_ms < s.retry_at_ms
+                || full
+            {
                 continue;
             }
             s.permit_out = true;
@@ -109,7 +122,8 @@ impl<P: Clone + Eq + StdHash> PullSync<P> {
 
     /// A peer's answer to its permit. Returns the ids to look up and fetch: those not
     /// already being fetched from another peer. The caller reports them back with
-    /// [`PullSync::fetched`] when done.
+    /// [`PullSync::fetched`] if nothing is fetched in the end, or with
+    /// [`PullSync::received`] and then [`PullSync::taken_in`].
     pub fn on_entries(
         &mut self,
         peer: &P,
@@ -140,18 +154,42 @@ impl<P: Clone + Eq + StdHash> PullSync<P> {
             .into_iter()
             .filter(|id| self.fetching.insert(*id))
             .collect();
-        s.fetching = fresh.len();
+        s.fetching = true;
         Ok(fresh)
     }
 
-    /// The ids of a peer's answer have been fetched (or given up on): its next permit may
-    /// go out.
+    /// Nothing to take in from a peer's answer (we held every transaction, or the fetch
+    /// failed): its ids are free and its next permit may go out.
     pub fn fetched(&mut self, peer: &P, ids: &[Hash]) {
+        self.release(ids);
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.fetching = false;
+        }
+    }
+
+    /// The transactions of a peer's answer arrived and are being taken in; its ids stay
+    /// reserved (no other peer is asked for them) until [`PullSync::taken_in`].
+    pub fn received(&mut self, peer: &P) {
+        if let Some(s) = self.peers.get_mut(peer)
+            && s.fetching
+        {
+            s.fetching = false;
+            s.in_hand += 1;
+        }
+    }
+
+    /// The transactions of one answer [`PullSync::received`] from `peer` are in the pool
+    /// (or were refused).
+    pub fn taken_in(&mut self, peer: &P, ids: &[Hash]) {
+        self.release(ids);
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.in_hand = s.in_hand.saturating_sub(1);
+        }
+    }
+
+    fn release(&mut self, ids: &[Hash]) {
         for id in ids {
             self.fetching.remove(id);
-        }
-        if let Some(s) = self.peers.get_mut(peer) {
-            s.fetching = 0;
         }
     }
 
@@ -203,6 +241,34 @@ mod tests {
         );
         s.fetched(&"a", &ids);
         assert_eq!(s.permits(0), vec![("a", Permit { cursor: 7, max: 2 })]);
+    }
+
+    #[test]
+    fn the_next_answer_travels_while_the_last_is_taken_in_but_no_further() {
+        let mut s = PullSync::new(PullConfig {
+            max_entries: 2,
+            max_in_hand: 2,
+            ..PullConfig::default()
+        });
+        s.add_peer("a");
+        s.permits(0);
+        let first = s.on_entries(&"a", vec![id(1), id(2)], 2).unwrap();
+        s.received(&"a");
+        // The first answer is being verified: the second permit goes out meanwhile.
+        assert_eq!(s.permits(0), vec![("a", Permit { cursor: 2, max: 2 })]);
+        let second = s.on_entries(&"a", vec![id(3), id(4)], 4).unwrap();
+        // Ids being taken in are still reserved: announced again, they are not refetched.
+        s.add_peer("b");
+        assert_eq!(s.permits(0), vec![("b", Permit { cursor: 0, max: 2 })]);
+        assert_eq!(s.on_entries(&"b", vec![id(1), id(4)], 2).unwrap(), vec![]);
+        s.fetched(&"b", &[]);
+        s.received(&"a");
+        // Two answers in hand: a waits until one is in the pool.
+        assert_eq!(s.permits(0), vec![("b", Permit { cursor: 2, max: 2 })]);
+        s.taken_in(&"a", &first);
+        assert_eq!(s.permits(0), vec![("a", Permit { cursor: 4, max: 2 })]);
+        s.taken_in(&"a", &second);
+        assert!(s.fetching.is_empty());
     }
 
     #[test]

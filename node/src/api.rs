@@ -312,7 +312,8 @@ async fn tx(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<TxS
             tx: t.into(),
         }));
     }
-    match ask(&st, |reply| Command::PendingTx { id, reply }).await? {
+    let pending = st.pool.read(move |p| p.get(&id).cloned()).await;
+    match pending.ok_or_else(ApiError::busy)? {
         Some(t) => Ok(Json(TxStatus {
             status: "pending",
             block: None,

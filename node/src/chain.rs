@@ -36,10 +36,6 @@ pub enum Command {
         tx: Tx,
         reply: oneshot::Sender<Result<Hash, SubmitError>>,
     },
-    PendingTx {
-        id: Hash,
-        reply: oneshot::Sender<Option<Tx>>,
-    },
     NextNonce {
         addr: Address,
         reply: oneshot::Sender<u64>,
@@ -50,32 +46,6 @@ pub enum Command {
         blocks: Vec<chainmesh_proto::Block>,
         sigs_verified: bool,
         reply: oneshot::Sender<ImportResult>,
-    },
-    /// Pending transactions by id, for peers: found ones and the ids we lack.
-    PoolTxs {
-        ids: Vec<Hash>,
-        reply: oneshot::Sender<(Vec<Tx>, Vec<Hash>)>,
-    },
-    /// Transactions from peers (gossip, pool sync): each added or refused, in order. The
-    /// network spreads them itself, so they raise no [`ChainEvent`].
-    /// `sigs_verified`: the network task batch-verified their signatures.
-    SubmitTxs {
-        txs: Vec<Tx>,
-        sigs_verified: bool,
-        reply: oneshot::Sender<Vec<Result<Hash, SubmitError>>>,
-    },
-    /// For a compact block: per short id (salted with `block`), the pool's transaction
-    /// with that short id, if any.
-    PoolByShortIds {
-        block: Hash,
-        short_ids: Vec<u64>,
-        reply: oneshot::Sender<Vec<Option<Tx>>>,
-    },
-    /// Ids of the pool's propagation log from `cursor`, for a peer's permit.
-    PoolLog {
-        cursor: u64,
-        max: usize,
-        reply: oneshot::Sender<(Vec<Hash>, u64)>,
     },
 }
 
@@ -327,7 +297,6 @@ impl ChainService {
 
     fn handle_batch(&mut self, batch: Vec<Command>) {
         let mut replies = Vec::new();
-        let mut peer_replies = Vec::new();
         let mut publish = Vec::new();
         let mut wrote = false;
         for cmd in batch {
@@ -338,31 +307,6 @@ impl ChainService {
                         publish.push(tx);
                     }
                     replies.push((reply, r));
-                }
-                Command::SubmitTxs {
-                    txs,
-                    sigs_verified,
-                    reply,
-                } => {
-                    // Written, but not worth an fsync of their own: the next flush
-                    // (sled's own, within half a second, or any acknowledged write)
-                    // takes them along.
-                    let mut written = false;
-                    let r = self.add_txs(txs, sigs_verified, &mut written);
-                    peer_replies.push((reply, r));
-                }
-                Command::PoolByShortIds {
-                    block,
-                    short_ids,
-                    reply,
-                } => {
-                    let _ = reply.send(self.pool.lock().pool().by_short_ids(&block, &short_ids));
-                }
-                Command::PoolLog { cursor, max, reply } => {
-                    let _ = reply.send(self.pool.lock().pool().log_since(cursor, max));
-                }
-                Command::PendingTx { id, reply } => {
-                    let _ = reply.send(self.pool.lock().pool().get(&id).cloned());
                 }
                 Command::ImportBlocks {
                     blocks,
@@ -376,17 +320,6 @@ impl ChainService {
                     };
                     let _ = reply.send(self.import_blocks(blocks, sig));
                 }
-                Command::PoolTxs { ids, reply } => {
-                    let mut found = Vec::new();
-                    let mut missing = Vec::new();
-                    for id in ids {
-                        match self.pool.lock().pool().get(&id) {
-                            Some(t) => found.push(t.clone()),
-                            None => missing.push(id),
-                        }
-                    }
-                    let _ = reply.send((found, missing));
-                }
                 Command::NextNonce { addr, reply } => {
                     let acct = PoolState(self.store.account_reader())
                         .account(&addr)
@@ -394,11 +327,6 @@ impl ChainService {
                     let _ = reply.send(self.pool.lock().pool().next_nonce(&addr, acct.nonce));
                 }
             }
-        }
-        // Peers' transactions need no flush of their own: nobody was promised them,
-        // and the peers that sent them still hold them.
-        for (reply, r) in peer_replies {
-            let _ = reply.send(r);
         }
         // Spread at once: a transaction is the sender's, not a promise of ours, and
         // peers holding it if we crashed before the flush loses nothing. The answer
@@ -421,33 +349,6 @@ impl ChainService {
     }
 
     /// Adds peers' transactions with one write for all of them.
-    fn add_txs(
-        &mut self,
-        txs: Vec<Tx>,
-        sigs_verified: bool,
-        wrote: &mut bool,
-    ) -> Vec<Result<Hash, SubmitError>> {
-        let n = txs.len();
-        let state = PoolState(self.store.account_reader());
-        let added = self.pool.lock().add_many(txs, &state, sigs_verified);
-        match added {
-            Ok(results) => results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(added) => {
-                        *wrote = true;
-                        tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
-                        Ok(added.id)
-                    }
-                    Err(e) => Err(SubmitError::Rejected(e)),
-                })
-                .collect(),
-            Err(e) => (0..n)
-                .map(|_| Err(SubmitError::Storage(e.to_string())))
-                .collect(),
-        }
-    }
-
     fn add_tx(&mut self, tx: Tx, wrote: &mut bool) -> Result<Hash, SubmitError> {
         let state = PoolState(self.store.account_reader());
         let added = self.pool.lock().add(tx, &state);

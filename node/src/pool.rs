@@ -5,13 +5,14 @@
 //! waiting behind a block import in the chain task. Every change holds the lock while
 //! it reads account state and writes, and the chain task brings the pool in line after
 //! each new tip under the same lock, so a transaction checked against the state just
-//! before an import is pruned right after it.
+//! before an import is pruned right after it. Peers' reads (pool log, transactions by
+//! id, compact-block lookups) take the lock too, never the chain task's queue.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chainmesh_chain_sync::state::AccountReader;
 use chainmesh_chain_sync::store::{AccountsTree, StoreReader};
-use chainmesh_mempool::{AccountState, PersistentPool};
+use chainmesh_mempool::{AccountState, AddError, Added, PersistentPool, Pool};
 use chainmesh_proto::{Account, Address};
 
 #[derive(Clone)]
@@ -27,6 +28,40 @@ impl SharedPool {
     /// used as it is rather than poisoning the node.
     pub fn lock(&self) -> MutexGuard<'_, PersistentPool> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds peers' transactions whose signatures were verified, outside the chain task
+    /// (which may be importing a block); written to sled after the lock is released.
+    /// Blocks: call it on a blocking thread.
+    pub(crate) fn add_verified(
+        &self,
+        reader: &StoreReader,
+        txs: Vec<chainmesh_proto::Tx>,
+    ) -> Vec<Result<Added, AddError>> {
+        let (results, writes) = self
+            .lock()
+            .add_many_unwritten(txs, &ReaderState(reader), true);
+        for added in results.iter().flatten() {
+            // First sight of a transaction, for latency measurements across nodes.
+            tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
+        }
+        if let Err(e) = writes.apply() {
+            tracing::error!(error = %e, "the mempool cannot be written");
+        }
+        results
+    }
+
+    /// Reads the pool on a blocking thread: the lock may be held for a while (a new tip
+    /// prunes under it), and the network task must not wait for it. `None` if the
+    /// runtime is shutting down.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Pool) -> R + Send + 'static,
+    ) -> Option<R> {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || f(pool.lock().pool()))
+            .await
+            .ok()
     }
 }
 

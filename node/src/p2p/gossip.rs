@@ -22,7 +22,6 @@ use tokio::sync::oneshot;
 
 use super::{Internal, Net, Outbound};
 use crate::chain::{ChainEvent, Command, now_ms};
-use crate::pool::{ReaderState, SharedPool};
 
 /// Most gossip transactions being validated at once; beyond it they are ignored (not
 /// forwarded, no penalty): pool sync delivers them later if they matter.
@@ -197,7 +196,7 @@ impl Net {
             self.internal_tx.clone(),
         );
         tokio::spawn(async move {
-            let _ = tokio::task::spawn_blocking(move || add_to_pool(&shared, &reader, pool)).await;
+            let _ = tokio::task::spawn_blocking(move || shared.add_verified(&reader, pool)).await;
             let _ = internal.send(Internal::Pooled { n }).await;
         });
     }
@@ -265,18 +264,12 @@ impl Net {
         while let Some(a) = self.relay.poll_action() {
             match a {
                 RelayAction::LookupPool { block, short_ids } => {
-                    let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+                    let (pool, internal) = (self.pool.clone(), self.internal_tx.clone());
                     tokio::spawn(async move {
-                        let (reply, rx) = oneshot::channel();
-                        let cmd = Command::PoolByShortIds {
-                            block,
-                            short_ids,
-                            reply,
-                        };
-                        let found = match chain.send(cmd).await {
-                            Ok(()) => rx.await.unwrap_or_default(),
-                            Err(_) => Vec::new(),
-                        };
+                        let found = pool
+                            .read(move |p| p.by_short_ids(&block, &short_ids))
+                            .await
+                            .unwrap_or_default();
                         let _ = internal.send(Internal::RelayPool { block, found }).await;
                     });
                 }
@@ -400,20 +393,6 @@ impl Net {
             .behaviour_mut()
             .gossip
             .report_message_validation_result(id, peer, a);
-    }
-}
-
-/// Adds transactions whose signatures were verified.
-fn add_to_pool(pool: &SharedPool, reader: &StoreReader, txs: Vec<Tx>) {
-    let (results, writes) = pool
-        .lock()
-        .add_many_unwritten(txs, &ReaderState(reader), true);
-    for added in results.iter().flatten() {
-        // First sight of a transaction, for latency measurements across nodes.
-        tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
-    }
-    if let Err(e) = writes.apply() {
-        tracing::error!(error = %e, "the mempool cannot be written");
     }
 }
 

@@ -52,7 +52,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::{ChainEvent, Command, NodeStatus, SubmitError, now_ms};
+use crate::chain::{ChainEvent, Command, NodeStatus, now_ms};
 use crate::config::P2pConfig;
 use addr_book::AddrBook;
 use libp2p::metrics::Recorder;
@@ -224,7 +224,8 @@ enum Internal {
     PullAdded {
         peer: PeerId,
         asked: Vec<Hash>,
-        results: Vec<Result<Hash, SubmitError>>,
+        added: usize,
+        forged: usize,
     },
     Verified {
         hashes: Vec<Hash>,
@@ -269,6 +270,8 @@ struct Net {
     last_tend: Instant,
     verify: verify::VerifyAhead,
     verify_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Pulled transactions on their way into the pool.
+    ingest: mpsc::Sender<pool_sync::Pulled>,
     limiter: RateLimiter<PeerId>,
     serving: usize,
     served_tx: mpsc::Sender<(ResponseChannel<pb_net::SyncResponse>, Response)>,
@@ -363,6 +366,14 @@ pub fn start(
     let (sync_tx, sync_rx) = watch::channel(SyncView::default());
     let rps = p.cfg.sync_requests_per_second;
     let pool_config = p.pool.lock().pool().config().clone();
+    let verify_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let ingest = pool_sync::spawn_ingest(
+        tip.genesis,
+        verify_slots.clone(),
+        p.pool.clone(),
+        p.reader.clone(),
+        internal_tx.clone(),
+    );
     let mut net = Net {
         swarm,
         metrics,
@@ -396,7 +407,8 @@ pub fn start(
         pex_limiter: RateLimiter::new(Quota::new(1, 3), p.cfg.max_connections as usize * 2),
         last_tend: Instant::now(),
         verify: verify::VerifyAhead::default(),
-        verify_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        verify_slots,
+        ingest,
         limiter: RateLimiter::new(
             Quota::new(rps, rps.saturating_mul(2)),
             p.cfg.max_connections as usize * 2,
@@ -497,8 +509,9 @@ impl Net {
             Internal::PullAdded {
                 peer,
                 asked,
-                results,
-            } => self.on_pull_added(peer, asked, results),
+                added,
+                forged,
+            } => self.on_pull_added(peer, asked, added, forged),
             Internal::Verified { hashes, ok } => self.on_verified(hashes, ok),
         }
     }
@@ -972,14 +985,14 @@ impl Net {
             return;
         }
         self.serving += 1;
-        let (reader, chain, tx, max) = (
+        let (reader, pool, tx, max) = (
             self.reader.clone(),
-            self.chain.clone(),
+            self.pool.clone(),
             self.served_tx.clone(),
             self.cfg.sync_max_blocks,
         );
         tokio::spawn(async move {
-            let resp = serve::serve(reader, chain, req, max).await;
+            let resp = serve::serve(reader, pool, req, max).await;
             let _ = tx.send((channel, resp)).await;
         });
     }

@@ -1,20 +1,25 @@
 //! Pull-based mempool sync in the network task: serving peers' permits from our pool
 //! log (held until there is news, at most [`pool::HOLD`]), and granting permits to peers
-//! through [`PullSync`], fetching only the transactions we lack.
+//! through [`PullSync`], fetching only the transactions we lack and taking them in
+//! through [`spawn_ingest`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chainmesh_behaviours::codec::Malformed;
 use chainmesh_behaviours::peers::Fault;
 use chainmesh_behaviours::pool;
 use chainmesh_behaviours::sync::Request;
-use chainmesh_proto::{Hash, Tx, TxError, pb_net};
+use chainmesh_chain_sync::rules::tx_signatures;
+use chainmesh_chain_sync::store::StoreReader;
+use chainmesh_proto::{Hash, Tx, pb_net};
 use libp2p::PeerId;
 use libp2p::request_response::{self, ResponseChannel};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::{Internal, Net, Outbound};
-use crate::chain::{Command, SubmitError, now_ms};
+use crate::chain::now_ms;
+use crate::pool::SharedPool;
 
 /// How long pulled ids wait before we look for them in our pool, when gossip is on.
 const PULL_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
@@ -135,15 +140,13 @@ impl Net {
     /// Reads our log for a permit off the event loop; the answer comes back as
     /// [`Internal::PoolLog`].
     fn read_log(&mut self, held: Held) {
-        let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+        let (pool, internal) = (self.pool.clone(), self.internal_tx.clone());
         tokio::spawn(async move {
-            let (reply, rx) = oneshot::channel();
             let (cursor, max) = (held.cursor, held.max as usize);
-            let r = match chain.send(Command::PoolLog { cursor, max, reply }).await {
-                Ok(()) => rx.await.ok(),
-                Err(_) => None,
-            };
-            let (ids, next) = r.unwrap_or((Vec::new(), cursor));
+            let (ids, next) = pool
+                .read(move |p| p.log_since(cursor, max))
+                .await
+                .unwrap_or((Vec::new(), cursor));
             let _ = internal
                 .send(Internal::PoolLog {
                     channel: held.channel,
@@ -224,7 +227,7 @@ impl Net {
             self.pull.fetched(&peer, &[]);
             return;
         }
-        let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
+        let (pool, internal) = (self.pool.clone(), self.internal_tx.clone());
         // With gossip on, the freshest entries of an answer are usually still on their way
         // by gossip: looking them up a moment later saves fetching them twice.
         let settle = if self.cfg.gossip {
@@ -234,21 +237,14 @@ impl Net {
         };
         tokio::spawn(async move {
             tokio::time::sleep(settle).await;
-            let (reply, rx) = oneshot::channel();
-            let missing = match chain
-                .send(Command::PoolTxs {
-                    ids: ids.clone(),
-                    reply,
-                })
-                .await
-            {
-                Ok(()) => rx.await.map(|(_, m)| m).ok(),
-                Err(_) => None,
-            };
+            let asked = ids.clone();
+            let missing = pool
+                .read(move |p| ids.into_iter().filter(|id| !p.contains(id)).collect())
+                .await;
             let _ = internal
                 .send(Internal::PullMissing {
                     peer,
-                    asked: ids,
+                    asked,
                     missing,
                 })
                 .await;
@@ -274,7 +270,8 @@ impl Net {
         }
     }
 
-    /// The transactions a peer sent for its pool entries: into our pool, in nonce order.
+    /// The transactions a peer sent for its pool entries: on to the ingest queue, in
+    /// nonce order; the peer's next permit may go out meanwhile.
     pub(super) fn on_pull_txs(&mut self, peer: PeerId, asked: Vec<Hash>, txs: Option<Vec<Tx>>) {
         let Some(mut txs) = txs else {
             self.pull.fetched(&peer, &asked);
@@ -291,45 +288,137 @@ impl Net {
             );
         }
         txs.sort_by_key(|t| (t.from, t.nonce));
-        let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
-        let (slots, genesis) = (self.verify_slots.clone(), self.genesis_hash);
-        tokio::spawn(async move {
-            let results = super::verify::submit_verified(chain, slots, genesis, txs)
-                .await
-                .unwrap_or_default();
-            let _ = internal
-                .send(Internal::PullAdded {
-                    peer,
-                    asked,
-                    results,
-                })
-                .await;
-        });
+        self.pull.received(&peer);
+        if let Err(e) = self.ingest.try_send(Pulled { peer, asked, txs }) {
+            // Cannot happen while PullSync bounds what is in hand; if it did, the
+            // transactions are dropped, and the peer's log still has them.
+            let p = e.into_inner();
+            tracing::warn!(
+                txs = p.txs.len(),
+                "pool ingest queue full: pulled transactions dropped"
+            );
+            self.pull.taken_in(&p.peer, &p.asked);
+        }
     }
 
     pub(super) fn on_pull_added(
         &mut self,
         peer: PeerId,
         asked: Vec<Hash>,
-        results: Vec<Result<Hash, SubmitError>>,
+        added: usize,
+        forged: usize,
     ) {
-        self.pull.fetched(&peer, &asked);
-        let mut invalid = 0;
-        for r in &results {
-            match r {
-                Ok(_) => self.stats.pool_txs_added += 1,
-                Err(SubmitError::Rejected(chainmesh_mempool::AddError::Invalid(
-                    TxError::BadSignature,
-                ))) => invalid += 1,
-                Err(_) => {}
-            }
-        }
-        if invalid > 0 {
+        self.pull.taken_in(&peer, &asked);
+        self.stats.pool_txs_added += added as u64;
+        if forged > 0 {
             self.fault(
                 peer,
                 Fault::Invalid,
-                format!("pool: {invalid} transactions with bad signatures"),
+                format!("pool: {forged} transactions with bad signatures"),
             );
         }
+        self.service_held_permits();
     }
+}
+
+/// Pulled transactions on their way into the pool.
+pub(super) struct Pulled {
+    peer: PeerId,
+    asked: Vec<Hash>,
+    txs: Vec<Tx>,
+}
+
+/// Answers waiting to be verified; [`PullSync`] bounds them far below this (its
+/// `max_fetching` ids, at most `max_entries` per answer).
+const INGEST_QUEUE: usize = 64;
+
+/// Takes pulled transactions into the pool in two stages, each in arrival order so that
+/// a sender's nonces enter in sequence: batch signature verification (on every core,
+/// one job at a time with block verification, `slots`), then the pool on a blocking
+/// thread. One answer is added while the next is verified. Each answer's outcome
+/// comes back as [`Internal::PullAdded`].
+pub(super) fn spawn_ingest(
+    genesis: Hash,
+    slots: Arc<Semaphore>,
+    pool: SharedPool,
+    reader: StoreReader,
+    internal: mpsc::Sender<Internal>,
+) -> mpsc::Sender<Pulled> {
+    let (tx, mut rx) = mpsc::channel::<Pulled>(INGEST_QUEUE);
+    let (verified_tx, mut verified_rx) = mpsc::channel::<(Pulled, Vec<bool>)>(1);
+    let done = internal.clone();
+    tokio::spawn(async move {
+        while let Some(Pulled { peer, asked, txs }) = rx.recv().await {
+            let Ok(_slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let verified = tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let ok = tx_signatures(&genesis, &txs);
+                tracing::debug!(
+                    target: "chainmesh::ingest",
+                    txs = txs.len(),
+                    us = t.elapsed().as_micros() as u64,
+                    "pulled transactions verified"
+                );
+                (txs, ok)
+            })
+            .await;
+            let next = match verified {
+                Ok((txs, ok)) => (Pulled { peer, asked, txs }, ok),
+                // A panic in verification: nothing of this answer is taken.
+                Err(_) => (
+                    Pulled {
+                        peer,
+                        asked,
+                        txs: Vec::new(),
+                    },
+                    Vec::new(),
+                ),
+            };
+            if verified_tx.send(next).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((Pulled { peer, asked, txs }, ok)) = verified_rx.recv().await {
+            let forged = ok.iter().filter(|v| !**v).count();
+            let valid: Vec<Tx> = txs
+                .into_iter()
+                .zip(&ok)
+                .filter(|(_, v)| **v)
+                .map(|(t, _)| t)
+                .collect();
+            let (pool, reader) = (pool.clone(), reader.clone());
+            let added = tokio::task::spawn_blocking(move || {
+                let (t, n) = (Instant::now(), valid.len());
+                let added = pool
+                    .add_verified(&reader, valid)
+                    .iter()
+                    .filter(|r| r.is_ok())
+                    .count();
+                tracing::debug!(
+                    target: "chainmesh::ingest",
+                    txs = n,
+                    added,
+                    us = t.elapsed().as_micros() as u64,
+                    "pulled transactions pooled"
+                );
+                added
+            })
+            .await
+            .unwrap_or(0);
+            let msg = Internal::PullAdded {
+                peer,
+                asked,
+                added,
+                forged,
+            };
+            if done.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }

@@ -1,32 +1,37 @@
-//! Answers sync requests from the store (off the network task: sled reads block) and
-//! the mempool (through the chain task).
+//! Answers sync requests from the store and the mempool, off the network task (sled
+//! reads block, and the pool's lock may be held by a new tip's pruning).
 
 use chainmesh_behaviours::sync::{Request, Response, ServeError};
 use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_proto::limits::MAX_SYNC_RESPONSE_BYTES;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::chain::Command;
+use crate::pool::SharedPool;
 
 /// Room left in a response frame for protobuf framing around the blocks.
 const RESPONSE_BUDGET: usize = MAX_SYNC_RESPONSE_BYTES - 64 * 1024;
 
 pub async fn serve(
     reader: StoreReader,
-    chain: mpsc::Sender<Command>,
+    pool: SharedPool,
     req: Request,
     max_blocks: u32,
 ) -> Response {
     let unavailable = |e: String| Response::Error(ServeError::Unavailable(e));
     match req {
         Request::GetTxs { ids } => {
-            let (reply, rx) = oneshot::channel();
-            if chain.try_send(Command::PoolTxs { ids, reply }).is_err() {
-                return unavailable("busy".into());
-            }
-            match rx.await {
-                Ok((txs, missing)) => Response::Txs { txs, missing },
-                Err(_) => unavailable("shutting down".into()),
+            let found = pool.read(move |p| {
+                let (mut txs, mut missing) = (Vec::new(), Vec::new());
+                for id in ids {
+                    match p.get(&id) {
+                        Some(t) => txs.push(t.clone()),
+                        None => missing.push(id),
+                    }
+                }
+                (txs, missing)
+            });
+            match found.await {
+                Some((txs, missing)) => Response::Txs { txs, missing },
+                None => unavailable("shutting down".into()),
             }
         }
         req => {

@@ -5,16 +5,14 @@
 //! runs at a time (it uses every core itself).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use chainmesh_chain_sync::rules::{tx_signatures, tx_signatures_valid};
+use chainmesh_chain_sync::rules::tx_signatures_valid;
 use chainmesh_chain_sync::sync::ImportResult;
-use chainmesh_mempool::AddError;
-use chainmesh_proto::{Block, Hash, Tx, TxError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use chainmesh_proto::{Block, Hash};
+use tokio::sync::oneshot;
 
 use super::{Internal, Net};
-use crate::chain::{Command, SubmitError};
+use crate::chain::Command;
 
 /// Most block hashes remembered as verified or being verified; beyond it (the syncer
 /// threw batches away) they are forgotten, which only costs a second verification.
@@ -114,58 +112,4 @@ impl Net {
             let _ = tx.send(result).await;
         });
     }
-}
-
-/// Verifies peers' transactions' signatures in batches on every core (one such job at a
-/// time, `slots`), then submits the valid ones to the chain task as verified. Answers
-/// per transaction, in order; `None` if the chain task is gone.
-pub(super) async fn submit_verified(
-    chain: mpsc::Sender<Command>,
-    slots: Arc<Semaphore>,
-    genesis: Hash,
-    txs: Vec<Tx>,
-) -> Option<Vec<Result<Hash, SubmitError>>> {
-    let (txs, ok) = {
-        let _permit = slots.acquire_owned().await.ok()?;
-        tokio::task::spawn_blocking(move || {
-            let ok = tx_signatures(&genesis, &txs);
-            (txs, ok)
-        })
-        .await
-        .ok()?
-    };
-    let forged = || {
-        Err(SubmitError::Rejected(AddError::Invalid(
-            TxError::BadSignature,
-        )))
-    };
-    let mut results: Vec<Option<Result<Hash, SubmitError>>> = ok
-        .iter()
-        .map(|v| if *v { None } else { Some(forged()) })
-        .collect();
-    let valid: Vec<Tx> = txs
-        .into_iter()
-        .zip(&ok)
-        .filter(|(_, v)| **v)
-        .map(|(t, _)| t)
-        .collect();
-    if !valid.is_empty() {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::SubmitTxs {
-            txs: valid,
-            sigs_verified: true,
-            reply,
-        };
-        chain.send(cmd).await.ok()?;
-        let mut answers = rx.await.ok()?.into_iter();
-        for slot in results.iter_mut().filter(|r| r.is_none()) {
-            *slot = answers.next();
-        }
-    }
-    Some(
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(SubmitError::Storage("no answer".into()))))
-            .collect(),
-    )
 }
