@@ -6,6 +6,9 @@
 //! - [`gossip`]: gossipsub for transactions and compact blocks, with our scoring.
 //! - [`pool`]: `/chainmesh/<net>/pool/1`, pull-based mempool sync with permits.
 //! - [`pex`]: `/chainmesh/<net>/pex/1`, peer exchange.
+//! - [`discovery`]: Kademlia under `/chainmesh/<net>/kad/1`, and mDNS.
+//! - [`nat`]: AutoNAT, circuit relay v2 (server and client), DCUtR.
+//! - [`admission`]: `/chainmesh/admission/1`, proof of work before a relay reservation.
 //! - [`peers`]: scores and bans.
 //! - [`codec`]: size-capped protobuf framing for request-response protocols.
 //! - [`rate_limit`]: per-peer token buckets with a bounded key set.
@@ -13,8 +16,11 @@
 //! Each request-response protocol is a `request_response::Behaviour` with our codec; the
 //! node composes them with gossipsub and libp2p's identify, ping and connection limits.
 
+pub mod admission;
 pub mod codec;
+pub mod discovery;
 pub mod gossip;
+pub mod nat;
 pub mod peers;
 pub mod pex;
 pub mod pool;

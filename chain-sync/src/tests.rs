@@ -381,6 +381,23 @@ fn reorg_onto_an_invalid_side_block_changes_nothing() {
     assert_eq!(after, state);
 }
 
+/// Opens a store that was just dropped. sled releases its file lock when its flusher
+/// thread lets go of the database, a moment after the last handle is dropped.
+fn reopen(dir: &std::path::Path, g: &Genesis) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir, g) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+}
+
 #[test]
 fn reopen_keeps_tip_and_refuses_other_genesis_or_schema() {
     let n = net();
@@ -392,23 +409,35 @@ fn reopen_keeps_tip_and_refuses_other_genesis_or_schema() {
         s.tip().clone()
     };
     {
-        let s = Store::open(dir.path(), &n.genesis).unwrap();
+        let s = reopen(dir.path(), &n.genesis).unwrap();
         assert_eq!(s.tip(), &tip);
         assert_eq!(s.account(&n.bob).unwrap().balance, 5);
     }
     let mut other = n.genesis.clone();
     other.network_id = "other".into();
-    let e = Store::open(dir.path(), &other).err().unwrap();
+    let e = reopen(dir.path(), &other).err().unwrap();
     assert!(matches!(e, StoreError::GenesisMismatch { .. }), "{e}");
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match sled::open(dir.path()) {
+                    Ok(db) => break db,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
         db.open_tree("meta")
             .unwrap()
             .insert("schema_version", &99u32.to_be_bytes())
             .unwrap();
         db.flush().unwrap();
     }
-    let e = Store::open(dir.path(), &n.genesis).err().unwrap();
+    let e = reopen(dir.path(), &n.genesis).err().unwrap();
     assert!(
         matches!(
             e,

@@ -57,6 +57,80 @@ pub struct P2pConfig {
     pub max_peers: u32,
     /// Below this many peers the node dials addresses it knows and asks peers for more.
     pub target_peers: u32,
+    pub discovery: DiscoveryConfig,
+    pub nat: NatConfig,
+    pub admission: AdmissionConfig,
+}
+
+/// Whether the node answers Kademlia queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KadMode {
+    /// Server once the node is known to be reachable: AutoNAT found it public, or an
+    /// external address is configured.
+    Auto,
+    Server,
+    Client,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Kademlia DHT under `/chainmesh/<net>/kad/1`, bootstrapped from `p2p.bootstrap`.
+    pub kademlia: bool,
+    pub kad_mode: KadMode,
+    /// While below `target_peers`: a random walk of the DHT and a lookup of the network's
+    /// members at this interval (every ten intervals otherwise).
+    pub walk_secs: u64,
+    /// mDNS on the local network.
+    pub mdns: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    /// Learn whether we are reachable by asking peers to dial us back (AutoNAT).
+    pub autonat: bool,
+    /// AutoNAT uses and trusts only global IP addresses. Turn off on private networks.
+    pub autonat_only_global: bool,
+    /// Seconds before the first AutoNAT probe.
+    pub autonat_delay_secs: u64,
+    /// Addresses where others can reach this node (a public node, a port forward). They
+    /// are announced, and make the node a DHT server in `auto` mode.
+    pub external_addresses: Vec<String>,
+    /// Behind NAT: keep reservations on this many relays, found in the DHT, among
+    /// connected peers and in `relays` (0: never reserve).
+    pub reservations: usize,
+    /// Relays to try first (multiaddrs with /p2p/ id).
+    pub relays: Vec<String>,
+    /// Upgrade relayed connections to direct ones by hole punching (DCUtR).
+    pub dcutr: bool,
+    /// Serve as a circuit relay v2 (public nodes only) and announce it in the DHT.
+    pub relay_server: bool,
+    pub relay_max_reservations: usize,
+    pub relay_max_circuits: usize,
+    pub relay_max_circuits_per_peer: usize,
+    pub relay_reservation_secs: u64,
+    /// A relayed circuit ends after this long or this many bytes (each way).
+    pub relay_max_circuit_secs: u64,
+    pub relay_max_circuit_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Proof-of-work difficulty (leading zero bits) asked of a peer before it may reserve
+    /// on our relay.
+    pub bits: u32,
+    /// How long a challenge may be answered, and how long an admission lasts.
+    pub challenge_secs: u64,
+    pub admitted_secs: u64,
+    /// Also ask it of every inbound peer (a bootstrap node): a peer not admitted within
+    /// `grace_secs` of connecting is disconnected.
+    pub bootstrap: bool,
+    pub grace_secs: u64,
+    /// Most difficulty we agree to solve when a relay asks.
+    pub max_bits: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +201,55 @@ impl Default for P2pConfig {
             pool_sync: true,
             max_peers: 50,
             target_peers: 8,
+            discovery: DiscoveryConfig::default(),
+            nat: NatConfig::default(),
+            admission: AdmissionConfig::default(),
+        }
+    }
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            kademlia: true,
+            kad_mode: KadMode::Auto,
+            walk_secs: 30,
+            mdns: false,
+        }
+    }
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            autonat: true,
+            autonat_only_global: true,
+            autonat_delay_secs: 15,
+            external_addresses: Vec::new(),
+            reservations: 2,
+            relays: Vec::new(),
+            dcutr: true,
+            relay_server: false,
+            relay_max_reservations: 128,
+            relay_max_circuits: 16,
+            relay_max_circuits_per_peer: 4,
+            relay_reservation_secs: 3600,
+            // Seed 000's budget for relayed coordination: a few hundred kB a minute.
+            relay_max_circuit_secs: 120,
+            relay_max_circuit_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            bits: 20,
+            challenge_secs: 60,
+            admitted_secs: 3600,
+            bootstrap: false,
+            grace_secs: 10,
+            max_bits: 24,
         }
     }
 }
@@ -209,7 +332,14 @@ impl Config {
         if self.chain.max_reorg_depth == 0 {
             bail!("chain.max_reorg_depth must be at least 1");
         }
-        for a in self.p2p.listen.iter().chain(&self.p2p.bootstrap) {
+        for a in self
+            .p2p
+            .listen
+            .iter()
+            .chain(&self.p2p.bootstrap)
+            .chain(&self.p2p.nat.external_addresses)
+            .chain(&self.p2p.nat.relays)
+        {
             a.parse::<libp2p::Multiaddr>()
                 .map_err(|e| anyhow::anyhow!("p2p: {a:?} is not a multiaddr: {e}"))?;
         }
@@ -233,6 +363,31 @@ impl Config {
             bail!(
                 "p2p.status_interval_secs, redial_secs and request_timeout_secs must be at least 1"
             );
+        }
+        let (n, a) = (&p.nat, &p.admission);
+        if p.discovery.walk_secs == 0 {
+            bail!("p2p.discovery.walk_secs must be at least 1");
+        }
+        if n.relay_server
+            && (n.relay_max_reservations == 0
+                || n.relay_max_circuits == 0
+                || n.relay_max_circuit_secs == 0
+                || n.relay_max_circuit_bytes == 0
+                || n.relay_reservation_secs == 0)
+        {
+            bail!("p2p.nat.relay_* limits must be at least 1 when relay_server is on");
+        }
+        for r in &n.relays {
+            if !r.contains("/p2p/") {
+                bail!("p2p.nat.relays: {r:?} needs the relay's /p2p/<peer id>");
+            }
+        }
+        let max = chainmesh_behaviours::admission::pow::MAX_BITS;
+        if a.bits > max || a.max_bits > max {
+            bail!("p2p.admission.bits and max_bits must be at most {max}");
+        }
+        if a.challenge_secs == 0 || a.admitted_secs == 0 || a.grace_secs == 0 {
+            bail!("p2p.admission.challenge_secs, admitted_secs and grace_secs must be at least 1");
         }
         Ok(())
     }
@@ -333,7 +488,83 @@ pool_sync = {pool_sync}
 max_peers = {max_peers}
 # Below this many peers, dial known addresses (kept in the database) and ask peers for more.
 target_peers = {target_peers}
+
+[p2p.discovery]
+# Kademlia DHT under /chainmesh/<net>/kad/1, bootstrapped from p2p.bootstrap.
+kademlia = {kademlia}
+# "auto": answer DHT queries once the node is known to be reachable (AutoNAT, or an
+# external address below); "server"; "client".
+kad_mode = "{kad_mode}"
+# While below target_peers, a random walk of the DHT and a lookup of the network's members
+# this often (ten times less often otherwise).
+walk_secs = {walk}
+# Find peers on the local network by mDNS.
+mdns = {mdns}
+
+[p2p.nat]
+# Learn whether the node is reachable from outside (AutoNAT); only_global ignores private
+# IP addresses (turn it off on a private network).
+autonat = {autonat}
+autonat_only_global = {only_global}
+autonat_delay_secs = {autonat_delay}
+# Addresses where others reach this node, e.g. "/ip4/203.0.113.7/tcp/7701" (port forward).
+external_addresses = []
+# Behind NAT, keep reservations on this many relays (found in the DHT, among peers, or
+# listed here as multiaddrs with /p2p/<id>); 0 never reserves.
+reservations = {reservations}
+relays = []
+# Upgrade relayed connections to direct ones by hole punching (DCUtR).
+dcutr = {dcutr}
+# Serve as a circuit relay v2 (public nodes) and announce it in the DHT. Reservations
+# need a proof of work (p2p.admission). Circuits carry coordination and small data: each
+# ends after relay_max_circuit_secs or relay_max_circuit_bytes, whichever comes first.
+relay_server = {relay_server}
+relay_max_reservations = {relay_res}
+relay_max_circuits = {relay_circ}
+relay_max_circuits_per_peer = {relay_circ_peer}
+relay_reservation_secs = {relay_res_secs}
+relay_max_circuit_secs = {relay_circ_secs}
+relay_max_circuit_bytes = {relay_circ_bytes}
+
+[p2p.admission]
+# Proof of work asked before a relay reservation: leading zero bits of a blake3 digest
+# (each bit doubles the client's expected work; checking costs one hash).
+bits = {adm_bits}
+challenge_secs = {adm_challenge}
+admitted_secs = {adm_admitted}
+# Ask it of every inbound peer too (a bootstrap node under a connection flood); peers
+# not admitted within grace_secs are disconnected.
+bootstrap = {adm_bootstrap}
+grace_secs = {adm_grace}
+# Most difficulty this node solves when a relay asks.
+max_bits = {adm_max_bits}
 "#,
+        kademlia = p.discovery.kademlia,
+        kad_mode = match p.discovery.kad_mode {
+            KadMode::Auto => "auto",
+            KadMode::Server => "server",
+            KadMode::Client => "client",
+        },
+        walk = p.discovery.walk_secs,
+        mdns = p.discovery.mdns,
+        autonat = p.nat.autonat,
+        only_global = p.nat.autonat_only_global,
+        autonat_delay = p.nat.autonat_delay_secs,
+        reservations = p.nat.reservations,
+        dcutr = p.nat.dcutr,
+        relay_server = p.nat.relay_server,
+        relay_res = p.nat.relay_max_reservations,
+        relay_circ = p.nat.relay_max_circuits,
+        relay_circ_peer = p.nat.relay_max_circuits_per_peer,
+        relay_res_secs = p.nat.relay_reservation_secs,
+        relay_circ_secs = p.nat.relay_max_circuit_secs,
+        relay_circ_bytes = p.nat.relay_max_circuit_bytes,
+        adm_bits = d.p2p.admission.bits,
+        adm_challenge = d.p2p.admission.challenge_secs,
+        adm_admitted = d.p2p.admission.admitted_secs,
+        adm_bootstrap = d.p2p.admission.bootstrap,
+        adm_grace = d.p2p.admission.grace_secs,
+        adm_max_bits = d.p2p.admission.max_bits,
         gossip = p.gossip,
         pool_sync = p.pool_sync,
         max_peers = p.max_peers,
@@ -416,6 +647,18 @@ mod tests {
         std::fs::write(&p, "[api]\nlisten = \"nowhere\"\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("listen"), "{e}");
+        std::fs::write(&p, "[p2p.nat]\nrelays = [\"/ip4/10.0.0.1/tcp/7701\"]\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("needs the relay's /p2p/"), "{e}");
+        std::fs::write(&p, "[p2p.admission]\nbits = 40\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("at most 32"), "{e}");
+        std::fs::write(&p, "[p2p.discovery]\nkad_mode = \"sometimes\"\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(
+            e.contains("kad_mode") || e.contains("unknown variant"),
+            "{e}"
+        );
         std::fs::write(&p, "data_dir = \"d\"\n").unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.data_dir, dir.path().join("d"));

@@ -123,6 +123,9 @@ struct DevArgs {
     /// Delete the dev network's data and keys first, and start a new chain.
     #[arg(long)]
     reset: bool,
+    /// Do not look for peers on the LAN by mDNS (on in dev configs).
+    #[arg(long)]
+    no_mdns: bool,
     #[command(flatten)]
     p2p: P2pArgs,
 }
@@ -360,12 +363,21 @@ fn dev(a: DevArgs) -> anyhow::Result<()> {
             ],
         })?;
         eprintln!("{}", s.describe());
+        // A dev node finds other local nodes by mDNS and answers their DHT queries.
+        let text = std::fs::read_to_string(&config_path)?
+            .replacen("mdns = false", "mdns = true", 1)
+            .replacen("kad_mode = \"auto\"", "kad_mode = \"server\"", 1);
+        std::fs::write(&config_path, text)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
     }
     let mut cfg = Config::load(&config_path)?;
     if let Some(api) = a.api {
         cfg.api.listen = api;
     }
     a.p2p.apply(&mut cfg);
+    if a.no_mdns {
+        cfg.p2p.discovery.mdns = false;
+    }
     let keys = dir.join("keys");
     for name in ["alice", "bob"] {
         let p = keys.join(format!("{name}.key"));

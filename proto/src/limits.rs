@@ -28,3 +28,5 @@ pub const MAX_PEX_ADDRS: usize = 8;
 /// Largest pex request and answer.
 pub const MAX_PEX_REQUEST_BYTES: usize = 16;
 pub const MAX_PEX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Largest admission request and answer (a nonce, a counter, a short reason).
+pub const MAX_ADMISSION_BYTES: usize = 256;

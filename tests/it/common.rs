@@ -37,12 +37,19 @@ impl Node {
             dir.display().to_string(),
             "--block-time-ms".into(),
             block_time_ms.to_string(),
+            // Tests stay on loopback: no multicast on the host's interfaces.
+            "--no-mdns".into(),
         ];
         Node::start(dir, &dir.join("data"), &args)
     }
 
     /// `chainmesh run --config <home>/config.toml` plus `extra` arguments.
     pub fn start_run(home: &Path, extra: &[String]) -> Node {
+        Node::start_run_in(None, home, extra)
+    }
+
+    /// As [`Node::start_run`], inside network namespace `netns` (see `netns.rs`).
+    pub fn start_run_in(netns: Option<&str>, home: &Path, extra: &[String]) -> Node {
         let cfg = chainmesh_node::config::Config::load(&home.join("config.toml")).unwrap();
         let mut args = vec![
             "run".to_string(),
@@ -50,17 +57,31 @@ impl Node {
             home.join("config.toml").display().to_string(),
         ];
         args.extend_from_slice(extra);
-        Node::start(home, &cfg.data_dir, &args)
+        Node::start_in(netns, home, &cfg.data_dir, &args)
     }
 
     /// Starts the binary with `args`, logging to `<home>/node.log`, and waits for its API
     /// (whose address it writes to `<data_dir>/api.addr`).
     pub fn start(home: &Path, data_dir: &Path, args: &[String]) -> Node {
+        Node::start_in(None, home, data_dir, args)
+    }
+
+    /// As [`Node::start`]; with `netns`, the process runs in that network namespace and
+    /// the API is reached from a client whose sockets live there too.
+    pub fn start_in(netns: Option<&str>, home: &Path, data_dir: &Path, args: &[String]) -> Node {
         let dir = home;
         let addr_file = data_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let _ = std::fs::remove_file(data_dir.join("p2p.addrs"));
-        let child = Command::new(BIN)
+        let mut command = match netns {
+            None => Command::new(BIN),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+        };
+        let child = command
             .args(["--log-format", "json"])
             .args(args)
             .stdin(Stdio::null())
@@ -72,13 +93,15 @@ impl Node {
             child: Some(child),
             dir: dir.to_path_buf(),
             api: String::new(),
-            // No keep-alive: a test that sends an oversized body gets its 413 and the
-            // server closes that connection; a pooled connection would race that close.
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap(),
+            http: crate::netns::within(netns, || {
+                // No keep-alive: a test that sends an oversized body gets its 413 and the
+                // server closes that connection; a pooled connection would race that close.
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap()
+            }),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -8,4 +8,6 @@ mod dev_node;
 mod forks;
 mod gossip;
 mod hostile;
+mod nat;
+mod netns;
 mod sync;

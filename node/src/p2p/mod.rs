@@ -17,7 +17,9 @@
 //! come back on one bounded channel as [`Internal`] messages.
 
 mod addr_book;
+mod discovery;
 mod gossip;
+mod nat;
 mod pex;
 mod pool_sync;
 pub mod serve;
@@ -136,6 +138,33 @@ pub struct NetStats {
     pub pex_requests_served: u64,
     pub pex_records_received: u64,
     pub pex_dials: u64,
+    /// Dials of peers found by the DHT or mDNS.
+    pub discovery_dials: u64,
+    /// AutoNAT's verdict: "unknown", "public" or "private".
+    pub reachability: String,
+    /// Whether we answer DHT queries.
+    pub dht_server: bool,
+    /// Relay reservations we hold, and our addresses through them.
+    pub relay_reservations: usize,
+    pub external_addresses: Vec<String>,
+    pub holepunch_ok: u64,
+    pub holepunch_failed: u64,
+    /// As a relay: reservations served and refused, circuits opened and closed, the
+    /// longest a closed circuit lived.
+    pub relay_reservations_served: u64,
+    pub relay_reservations_refused: u64,
+    pub relay_circuits_accepted: u64,
+    pub relay_circuits_closed: u64,
+    pub relay_circuits_over_bytes: u64,
+    pub relay_circuits_over_time: u64,
+    pub relay_longest_circuit_ms: u64,
+    /// As an admission gate: proofs accepted and refused. As a client: how long the last
+    /// challenge took us to solve.
+    pub admissions_granted: u64,
+    pub admissions_refused: u64,
+    pub admission_last_solve_ms: u64,
+    /// Inbound peers disconnected for not being admitted in time (`admission.bootstrap`).
+    pub admission_disconnects: u64,
 }
 
 pub enum NetCommand {
@@ -176,6 +205,7 @@ struct PeerEntry {
     out_quota: Option<RateLimiter<()>>,
     /// Set for a peer beyond `max_peers`: it may ask for addresses until then.
     surplus_until: Option<Instant>,
+    connected_at: Instant,
 }
 
 /// Why we sent a sync-protocol request, so that its answer finds its way back.
@@ -230,6 +260,13 @@ enum Internal {
     Verified {
         hashes: Vec<Hash>,
         ok: bool,
+    },
+    /// A relay's admission challenge, solved (or not) on a blocking thread.
+    Solved {
+        relay: PeerId,
+        challenge: chainmesh_behaviours::admission::Challenge,
+        counter: Option<u64>,
+        took: Duration,
     },
 }
 
@@ -287,6 +324,8 @@ struct Net {
     last_progress_log: Instant,
     listen_addrs: Vec<Multiaddr>,
     addrs_file: PathBuf,
+    disco: discovery::DiscoveryState,
+    nat: nat::NatState,
 }
 
 fn fault_of(f: SyncFault) -> Fault {
@@ -305,7 +344,20 @@ pub fn start(
     registry: &mut Registry,
 ) -> anyhow::Result<NetworkHandle> {
     let key = swarm::load_or_create_identity(&p.data_dir)?;
-    let mut swarm = swarm::build(key, &p.genesis.network_id, &p.cfg, registry)?;
+    let gate = nat::gate(&p.cfg.admission);
+    let mut swarm = swarm::build(
+        key,
+        &p.genesis.network_id,
+        &p.cfg,
+        registry,
+        nat::admitted_check(&gate),
+    )?;
+    for a in &p.cfg.nat.external_addresses {
+        let addr: Multiaddr = a
+            .parse()
+            .with_context(|| format!("p2p.nat.external_addresses: {a:?}"))?;
+        swarm.add_external_address(addr);
+    }
     let metrics = libp2p::metrics::Metrics::new(registry);
     let book = AddrBook::open(p.db.open_tree("addrs")?, ADDR_BOOK_SIZE)?;
     for a in &p.cfg.listen {
@@ -427,8 +479,11 @@ pub fn start(
         last_progress_log: Instant::now(),
         listen_addrs: Vec::new(),
         addrs_file: p.data_dir.join("p2p.addrs"),
+        disco: discovery::DiscoveryState::new(&p.genesis.network_id),
+        nat: nat::NatState::new(&p.cfg.nat, gate),
         cfg: p.cfg,
     };
+    net.update_kad_mode();
     net.subscribe_gossip();
     tokio::spawn(net.run(cmd_rx, served_rx, import_rx, p.events, internal_rx));
     Ok(NetworkHandle {
@@ -513,11 +568,18 @@ impl Net {
                 forged,
             } => self.on_pull_added(peer, asked, added, forged),
             Internal::Verified { hashes, ok } => self.on_verified(hashes, ok),
+            Internal::Solved {
+                relay,
+                challenge,
+                counter,
+                took,
+            } => self.on_solved(relay, challenge, counter, took),
         }
     }
 
     fn net_stats(&self) -> NetStats {
         let r = self.relay.stats();
+        let n = &self.nat.stats;
         NetStats {
             peers: self.peer_count(),
             relay_from_pool: r.from_pool,
@@ -527,6 +589,27 @@ impl Net {
             relay_dropped: r.dropped,
             known_addresses: self.book.len(),
             confirmed_addresses: self.book.confirmed(),
+            reachability: self.nat.reach_name().into(),
+            dht_server: self.disco.server,
+            relay_reservations: self.nat.reservations(),
+            external_addresses: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.to_string())
+                .collect(),
+            holepunch_ok: n.holepunch_ok,
+            holepunch_failed: n.holepunch_failed,
+            relay_reservations_served: n.reservations_served,
+            relay_reservations_refused: n.reservations_refused,
+            relay_circuits_accepted: n.circuits_accepted,
+            relay_circuits_closed: n.circuits_closed,
+            relay_circuits_over_bytes: n.circuits_over_bytes,
+            relay_circuits_over_time: n.circuits_over_time,
+            relay_longest_circuit_ms: n.longest_circuit_ms,
+            admissions_granted: n.admissions_granted,
+            admissions_refused: n.admissions_refused,
+            admission_last_solve_ms: n.last_solve_ms,
+            admission_disconnects: n.admission_disconnects,
             ..self.stats.clone()
         }
     }
@@ -586,9 +669,12 @@ impl Net {
         self.metrics.record(&ev);
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address
-                    .clone()
-                    .with(Protocol::P2p(*self.swarm.local_peer_id()));
+                // Relayed listen addresses already end with our id.
+                let me = *self.swarm.local_peer_id();
+                let full = match address.iter().last() {
+                    Some(Protocol::P2p(p)) if p == me => address.clone(),
+                    _ => address.clone().with(Protocol::P2p(me)),
+                };
                 tracing::info!(address = %full, "p2p listening");
                 self.listen_addrs.push(full);
                 let text: String = self.listen_addrs.iter().map(|a| format!("{a}\n")).collect();
@@ -598,12 +684,18 @@ impl Net {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 let (address, inbound) = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => (address.clone(), false),
+                    // A circuit through a relay we listen on: the peer has no address of
+                    // its own here, the circuit is what it came through.
+                    ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+                        (local_addr.clone(), true)
+                    }
                     ConnectedPoint::Listener { send_back_addr, .. } => {
                         (send_back_addr.clone(), true)
                     }
@@ -615,6 +707,15 @@ impl Net {
                         .find(|b| **b == address || without_p2p(b) == address)
                 {
                     self.bootstrap_peers.insert(b.clone(), peer_id);
+                }
+                self.nat_on_connected(peer_id, connection_id, &address);
+                if let Some(p) = self.peers.get_mut(&peer_id)
+                    && is_relayed(&p.address)
+                    && !is_relayed(&address)
+                {
+                    tracing::info!(peer = %peer_id, %address, "direct connection to a peer we reached through a relay");
+                    p.address = address.clone();
+                    p.inbound = inbound;
                 }
                 if !inbound {
                     // We dialled it and it answered: an address worth keeping and sharing.
@@ -641,6 +742,7 @@ impl Net {
                             status: None,
                             out_quota: None,
                             surplus_until,
+                            connected_at: Instant::now(),
                         },
                     );
                     self.send_status(&peer_id);
@@ -648,10 +750,17 @@ impl Net {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
+                ..
+            } if num_established > 0 => self.nat_on_closed(peer_id, connection_id),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
                 cause,
                 ..
             } => {
+                self.nat_on_closed(peer_id, connection_id);
                 tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
                 self.peers.remove(&peer_id);
                 self.syncer.peer_gone(&peer_id, now_ms());
@@ -684,6 +793,25 @@ impl Net {
                     self.book.dial_failed(&p, now_ms());
                 }
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let why = match &reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.nat_on_listener_closed(listener_id, &why);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.external_addresses_changed();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.external_addresses_changed();
+            }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             _ => {}
         }
@@ -694,6 +822,15 @@ impl Net {
             BehaviourEvent::Identify(e) => self.metrics.record(e),
             BehaviourEvent::Ping(e) => self.metrics.record(e),
             BehaviourEvent::Gossip(e) => self.metrics.record(e),
+            BehaviourEvent::Discovery(chainmesh_behaviours::discovery::BehaviourEvent::Kad(e)) => {
+                self.metrics.record(e)
+            }
+            BehaviourEvent::Nat(chainmesh_behaviours::nat::BehaviourEvent::Relay(e)) => {
+                self.metrics.record(e)
+            }
+            BehaviourEvent::Nat(chainmesh_behaviours::nat::BehaviourEvent::Dcutr(e)) => {
+                self.metrics.record(e)
+            }
             _ => {}
         }
         match ev {
@@ -704,6 +841,7 @@ impl Net {
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     p.agent = Some(info.agent_version.chars().take(128).collect());
                 }
+                self.on_identified(peer_id, &info);
             }
             BehaviourEvent::Ping(libp2p::ping::Event {
                 peer,
@@ -719,6 +857,14 @@ impl Net {
             BehaviourEvent::Gossip(ev) => self.on_gossip_event(ev),
             BehaviourEvent::Pool(ev) => self.on_pool_event(ev),
             BehaviourEvent::Pex(ev) => self.on_pex_event(ev),
+            BehaviourEvent::Discovery(chainmesh_behaviours::discovery::BehaviourEvent::Kad(e)) => {
+                self.on_kad_event(e)
+            }
+            BehaviourEvent::Discovery(chainmesh_behaviours::discovery::BehaviourEvent::Mdns(e)) => {
+                self.on_mdns_event(e)
+            }
+            BehaviourEvent::Nat(e) => self.on_nat_event(e),
+            BehaviourEvent::Admission(e) => self.on_admission_event(e),
             _ => {}
         }
     }
@@ -1123,6 +1269,9 @@ impl Net {
         if self.last_tend.elapsed() >= Duration::from_secs(1) {
             self.last_tend = Instant::now();
             self.tend_peers();
+            self.tend_discovery();
+            self.tend_relays();
+            self.tend_admission();
         }
         let due: Vec<PeerId> = {
             let t = Instant::now();
@@ -1244,6 +1393,14 @@ const ADDR_BOOK_SIZE: usize = 1024;
 
 fn is_relayed(a: &Multiaddr) -> bool {
     a.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
 }
 
 fn without_p2p(a: &Multiaddr) -> Multiaddr {

@@ -1,11 +1,13 @@
-//! Assembles the libp2p swarm: TCP and QUIC, Noise, Yamux; identify, ping, connection
-//! limits, a block list for bans, gossipsub, and our status, sync, pool and pex protocols.
+//! Assembles the libp2p swarm: TCP and QUIC, Noise, Yamux, and the relay client
+//! transport; identify, ping, connection limits, a block list for bans, discovery
+//! (Kademlia, mDNS), NAT traversal (AutoNAT, relay v2, DCUtR), gossipsub, and our status,
+//! sync, pool, pex and admission protocols.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use chainmesh_behaviours::{gossip, pex, pool, status, sync};
+use chainmesh_behaviours::{admission, discovery, gossip, nat, pex, pool, status, sync};
 use chainmesh_proto::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -26,6 +28,9 @@ pub struct Behaviour {
     pub gossip: gossip::Behaviour,
     pub pool: pool::Behaviour,
     pub pex: pex::Behaviour,
+    pub discovery: discovery::Behaviour,
+    pub nat: nat::Behaviour,
+    pub admission: admission::Behaviour,
 }
 
 pub fn agent() -> String {
@@ -52,6 +57,7 @@ pub fn build(
     network_id: &str,
     cfg: &P2pConfig,
     registry: &mut Registry,
+    admitted: nat::Admitted,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let timeout = Duration::from_secs(cfg.request_timeout_secs);
     let limits = connection_limits::ConnectionLimits::default()
@@ -62,6 +68,28 @@ pub fn build(
         .with_max_pending_incoming(Some(cfg.max_pending))
         .with_max_pending_outgoing(Some(cfg.max_pending));
     let net = network_id.to_string();
+    let discovery_cfg = discovery::Config {
+        kademlia: cfg.discovery.kademlia,
+        mdns: cfg.discovery.mdns,
+        query_timeout: Duration::from_secs(30),
+    };
+    let n = &cfg.nat;
+    let nat_cfg = nat::Config {
+        autonat: n.autonat,
+        autonat_only_global: n.autonat_only_global,
+        autonat_boot_delay: Duration::from_secs(n.autonat_delay_secs),
+        autonat_refresh: Duration::from_secs(15 * 60),
+        relay_server: n.relay_server.then(|| nat::RelayLimits {
+            max_reservations: n.relay_max_reservations,
+            max_reservations_per_peer: 1,
+            reservation_duration: Duration::from_secs(n.relay_reservation_secs),
+            max_circuits: n.relay_max_circuits,
+            max_circuits_per_peer: n.relay_max_circuits_per_peer,
+            max_circuit_duration: Duration::from_secs(n.relay_max_circuit_secs),
+            max_circuit_bytes: n.relay_max_circuit_bytes,
+        }),
+        dcutr: n.dcutr,
+    };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -70,15 +98,21 @@ pub fn build(
             yamux::Config::default,
         )?
         .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_bandwidth_metrics(registry)
         .with_behaviour(
-            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let me = key.public().to_peer_id();
                 Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(limits),
                     blocked: allow_block_list::Behaviour::default(),
                     identify: identify::Behaviour::new(
                         identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
-                            .with_agent_version(agent()),
+                            .with_agent_version(agent())
+                            // Its cache would offer every address a peer listens on,
+                            // loopback included, to any dial of that peer; ours come
+                            // from the address book and Kademlia, filtered.
+                            .with_cache_size(0),
                     ),
                     ping: ping::Behaviour::new(
                         ping::Config::new().with_interval(Duration::from_secs(15)),
@@ -91,6 +125,12 @@ pub fn build(
                     ),
                     pool: pool::new(&net, timeout),
                     pex: pex::new(&net, timeout),
+                    discovery: discovery::new(key, &net, &discovery_cfg)?,
+                    nat: nat::new(me, relay_client, &nat_cfg, admitted),
+                    admission: admission::new(
+                        cfg.nat.relay_server || cfg.admission.bootstrap,
+                        timeout,
+                    ),
                 })
             },
         )?

@@ -26,6 +26,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, noise, tcp, yamux};
 use serde::Serialize;
 
+mod admission;
 mod gossip;
 
 fn main() -> ExitCode {
@@ -36,6 +37,11 @@ fn main() -> ExitCode {
     }
     let result = if args.get(1).map(String::as_str) == Some("gossip") {
         run_gossip(&args[2..])
+    } else if args.get(1).map(String::as_str) == Some("admission") {
+        let rest = &args[2..];
+        number(rest, "--bits", 20u32)
+            .and_then(|bits| Ok((bits, number(rest, "--runs", 21usize)?)))
+            .and_then(|(bits, runs)| admission::run(bits, runs))
     } else {
         run(&args[1..])
     };
