@@ -8,6 +8,7 @@ mod dev_node;
 mod forks;
 mod gossip;
 mod hostile;
+mod interop;
 mod nat;
 mod netns;
 mod sync;

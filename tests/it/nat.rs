@@ -23,20 +23,28 @@ const PORT: u16 = 7701;
 const RELAY_IP: &str = "10.77.0.1";
 
 fn listen_all(c: &mut Config) {
+    listen_on(c, PORT);
+}
+
+fn listen_on(c: &mut Config, port: u16) {
     c.p2p.listen = vec![
-        format!("/ip4/0.0.0.0/tcp/{PORT}"),
-        format!("/ip4/0.0.0.0/udp/{PORT}/quic-v1"),
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
     ];
 }
 
 /// The public node: bootstrap, DHT server, relay with admission.
 fn public_cfg(c: &mut Config) {
-    listen_all(c);
+    public_cfg_at(c, PORT);
+}
+
+fn public_cfg_at(c: &mut Config, port: u16) {
+    listen_on(c, port);
     c.p2p.discovery.kad_mode = KadMode::Server;
     c.p2p.nat.autonat_only_global = false;
     c.p2p.nat.external_addresses = vec![
-        format!("/ip4/{RELAY_IP}/tcp/{PORT}"),
-        format!("/ip4/{RELAY_IP}/udp/{PORT}/quic-v1"),
+        format!("/ip4/{RELAY_IP}/tcp/{port}"),
+        format!("/ip4/{RELAY_IP}/udp/{port}/quic-v1"),
     ];
     c.p2p.nat.relay_server = true;
     c.p2p.admission.bits = 12;
@@ -568,4 +576,52 @@ fn a_bootstrap_asking_for_admission_keeps_nodes_that_solve_and_drops_the_rest() 
     let s = gate.get("/net");
     assert!(u(&s["admission_disconnects"]) >= 1, "{s}");
     assert!(gate.log().contains("not admitted in time"));
+}
+
+#[test]
+fn behind_nat_a_node_keeps_two_relays_found_in_the_dht_and_replaces_one_that_goes() {
+    let root = tempfile::tempdir().unwrap();
+    let topo = Topology::up(false, 1);
+    let net = TestNet::with_block_time("autorelay", 0, 1, 1_000);
+    let pub_ns = topo.ns("pub");
+    let home1 = net.node_home_with(&root.path().join("r1"), Some(&net.authority), public_cfg);
+    let r1 = Node::start_run_in(Some(&pub_ns), &home1, &[]);
+    let bootstrap = format!("/ip4/{RELAY_IP}/tcp/{PORT}/p2p/{}", peer_id_of(&r1));
+    // Other relays know only the first; they announce themselves in the DHT.
+    let relay = |name: &str, port: u16| {
+        let home = net.node_home_with(&root.path().join(name), None, |c| {
+            public_cfg_at(c, port);
+            c.p2p.bootstrap = vec![bootstrap.clone()];
+        });
+        Node::start_run_in(Some(&pub_ns), &home, &[])
+    };
+    let mut r2 = relay("r2", PORT + 1);
+    let a_home = net.node_home_with(&root.path().join("a"), None, |c| private_cfg(c, &bootstrap));
+    let a = Node::start_run_in(Some(&topo.ns("a1")), &a_home, &[]);
+    let reservations = || u(&a.get("/net")["relay_reservations"]);
+    let relayed_via = |r: &Node| {
+        let id = peer_id_of(r);
+        a.get("/net")["external_addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| {
+                x.as_str()
+                    .unwrap()
+                    .contains(&format!("/p2p/{id}/p2p-circuit"))
+            })
+    };
+    wait_until(90, "reservations on both relays", || {
+        reservations() == 2 && relayed_via(&r1) && relayed_via(&r2)
+    });
+    // The second relay goes away; a third one appears, found in the DHT only.
+    r2.stop();
+    wait_until(30, "the lost reservation noticed", || reservations() == 1);
+    let r3 = relay("r3", PORT + 2);
+    wait_until(90, "a reservation on the new relay", || {
+        reservations() == 2 && relayed_via(&r3)
+    });
+    assert!(!relayed_via(&r2), "{}", a.get("/net"));
+    assert!(a.log().contains("relay reservation ended"));
+    drop((a, r1, r3));
 }

@@ -87,6 +87,12 @@ impl Net {
         };
         match gossip::decode(&self.network_id, &message.topic, &message.data) {
             Err(e) => {
+                // Bytes that are not a message of the topic count as rejected there.
+                if message.topic == gossip::block_topic(&self.network_id).hash() {
+                    self.stats.blocks_rejected += 1;
+                } else {
+                    self.stats.tx_rejected += 1;
+                }
                 self.report(&id, &source, MessageAcceptance::Reject);
                 self.fault(source, Fault::InvalidMessage, format!("gossip: {e}"));
             }

@@ -837,9 +837,17 @@ impl Net {
             BehaviourEvent::Identify(libp2p::identify::Event::Received {
                 peer_id, info, ..
             }) => {
-                tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                let agent: String = info
+                    .agent_version
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(128)
+                    .collect();
                 if let Some(p) = self.peers.get_mut(&peer_id) {
-                    p.agent = Some(info.agent_version.chars().take(128).collect());
+                    if p.agent.is_none() {
+                        tracing::info!(peer = %peer_id, %agent, protocols = info.protocols.len(), "peer identified");
+                    }
+                    p.agent = Some(agent);
                 }
                 self.on_identified(peer_id, &info);
             }
