@@ -57,9 +57,22 @@ pub struct P2pConfig {
     pub max_peers: u32,
     /// Below this many peers the node dials addresses it knows and asks peers for more.
     pub target_peers: u32,
+    /// Wire settings: "chainmesh", or "mina" for the libp2p settings of Mina's nodes
+    /// (pnet keyed by `chain_id`, Mina's muxer and Kademlia names; TCP only).
+    pub profile: Profile,
+    /// The Mina chain id (64 hex digits), for the mina profile.
+    pub chain_id: Option<String>,
     pub discovery: DiscoveryConfig,
     pub nat: NatConfig,
     pub admission: AdmissionConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Chainmesh,
+    Mina,
 }
 
 /// Whether the node answers Kademlia queries.
@@ -201,6 +214,8 @@ impl Default for P2pConfig {
             pool_sync: true,
             max_peers: 50,
             target_peers: 8,
+            profile: Profile::Chainmesh,
+            chain_id: None,
             discovery: DiscoveryConfig::default(),
             nat: NatConfig::default(),
             admission: AdmissionConfig::default(),
@@ -313,7 +328,8 @@ impl Config {
         }
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// Checks settings together (also after command-line overrides).
+    pub fn check(&self) -> anyhow::Result<()> {
         if self.mempool.max_txs == 0 || self.mempool.max_per_sender == 0 {
             bail!("mempool.max_txs and mempool.max_per_sender must be at least 1");
         }
@@ -363,6 +379,14 @@ impl Config {
             bail!(
                 "p2p.status_interval_secs, redial_secs and request_timeout_secs must be at least 1"
             );
+        }
+        if p.profile == Profile::Mina {
+            let id = p
+                .chain_id
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("p2p.profile = \"mina\" needs p2p.chain_id"))?;
+            crate::p2p::mina::parse_chain_id(id)
+                .map_err(|e| anyhow::anyhow!("p2p.chain_id: {e}"))?;
         }
         let (n, a) = (&p.nat, &p.admission);
         if p.discovery.walk_secs == 0 {
@@ -488,6 +512,10 @@ pool_sync = {pool_sync}
 max_peers = {max_peers}
 # Below this many peers, dial known addresses (kept in the database) and ask peers for more.
 target_peers = {target_peers}
+# Wire settings: "chainmesh", or "mina" for the libp2p settings of Mina's nodes (a private
+# network keyed by chain_id, Mina's muxer and Kademlia names, TCP only).
+profile = "chainmesh"
+# chain_id = "<64 hex digits>"
 
 [p2p.discovery]
 # Kademlia DHT under /chainmesh/<net>/kad/1, bootstrapped from p2p.bootstrap.

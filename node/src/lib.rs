@@ -97,6 +97,12 @@ struct P2pArgs {
     /// Listen on these multiaddrs instead of p2p.listen (repeatable).
     #[arg(long = "p2p-listen")]
     listen: Vec<libp2p::Multiaddr>,
+    /// Wire settings (p2p.profile): chainmesh, or mina with --chain-id.
+    #[arg(long, value_enum)]
+    profile: Option<config::Profile>,
+    /// Mina chain id, 64 hex digits (p2p.chain_id).
+    #[arg(long = "chain-id")]
+    chain_id: Option<String>,
 }
 
 impl P2pArgs {
@@ -107,6 +113,12 @@ impl P2pArgs {
         cfg.p2p
             .bootstrap
             .extend(self.peers.iter().map(ToString::to_string));
+        if let Some(p) = self.profile {
+            cfg.p2p.profile = p;
+        }
+        if let Some(id) = &self.chain_id {
+            cfg.p2p.chain_id = Some(id.clone());
+        }
     }
 }
 
@@ -219,6 +231,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 cfg.api.listen = a;
             }
             p2p.apply(&mut cfg);
+            cfg.check().context("invalid settings")?;
             run_node(cfg)
         }
         Cmd::Peers { api } => runtime()?.block_on(async {
@@ -378,6 +391,7 @@ fn dev(a: DevArgs) -> anyhow::Result<()> {
     if a.no_mdns {
         cfg.p2p.discovery.mdns = false;
     }
+    cfg.check().context("invalid settings")?;
     let keys = dir.join("keys");
     for name in ["alice", "bob"] {
         let p = keys.join(format!("{name}.key"));

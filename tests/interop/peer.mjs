@@ -28,6 +28,8 @@ const { gossipsub } = await import('@libp2p/gossipsub')
 const { multiaddr } = await import('@multiformats/multiaddr')
 const { peerIdFromString } = await import('@libp2p/peer-id')
 const { blake3 } = await import('@noble/hashes/blake3.js')
+const { blake2b } = await import('@noble/hashes/blake2.js')
+const { preSharedKey } = await import('@libp2p/pnet')
 const { lpStream } = await import('@libp2p/utils')
 const protobuf = (await import('protobufjs')).default
 const readline = await import('node:readline')
@@ -53,6 +55,8 @@ if (!net) {
   process.exit(2)
 }
 const port = Number(arg('--port', '0'))
+// The Mina profile: pnet keyed by the chain id, Mina's muxer and Kademlia names.
+const minaChainId = arg('--mina')
 
 const MAX_RESPONSE = 8 * 1024 * 1024
 const enc = new TextEncoder()
@@ -97,18 +101,34 @@ async function ask (peer, protocol, Req, Resp, obj) {
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const hex = (u8) => Buffer.from(u8).toString('hex')
 
+// PSK = BLAKE2b-256 of "/coda/0.0.1/<chain id>", in the swarm-key format pnet reads.
+function minaProtector (chainId) {
+  const psk = blake2b(enc.encode(`/coda/0.0.1/${chainId}`), { dkLen: 32 })
+  return preSharedKey({ psk: enc.encode(`/key/swarm/psk/1.0.0/\n/base16/\n${hex(psk)}`) })
+}
+
+// Upstream yamux under another protocol name.
+function renamed (factory, protocol) {
+  return (components) => {
+    const muxer = factory(components)
+    muxer.protocol = protocol
+    return muxer
+  }
+}
+
 const node = await createLibp2p({
+  ...(minaChainId ? { connectionProtector: minaProtector(minaChainId) } : {}),
   nodeInfo: { userAgent: 'chainmesh-interop-js/1 (js-libp2p)' },
   addresses: { listen: [`/ip4/127.0.0.1/tcp/${port}`] },
   transports: [tcp()],
   connectionEncrypters: [noise()],
-  streamMuxers: [yamux()],
+  streamMuxers: [minaChainId ? renamed(yamux(), '/coda/yamux/1.0.0') : yamux()],
   services: {
     identify: identify(),
     ping: ping(),
     // Our protocol name; a server (js answers only then) that keeps loopback peers.
     dht: kadDHT({
-      protocol: `/chainmesh/${net}/kad/1`,
+      protocol: minaChainId ? '/coda/kad/1.0.0' : `/chainmesh/${net}/kad/1`,
       clientMode: false,
       peerInfoMapper: passthroughMapper
     }),

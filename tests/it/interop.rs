@@ -52,10 +52,14 @@ pub struct JsPeer {
 
 impl JsPeer {
     pub fn start(network_id: &str) -> JsPeer {
+        JsPeer::start_with(&["--net", network_id])
+    }
+
+    pub fn start_with(args: &[&str]) -> JsPeer {
         ensure_packages();
         let mut child = Command::new("node")
             .arg(interop_dir().join("peer.mjs"))
-            .args(["--net", network_id])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -419,4 +423,71 @@ fn a_js_peer_speaks_status_and_sync_and_a_js_peer_of_another_genesis_is_refused(
     );
     // The compatible js peer is still there.
     assert!(n1.peers().iter().any(|p| p["peer_id"] == json!(js.peer_id)));
+}
+
+/// Mina's devnet chain id (the PSK test vector's).
+const MINA_DEVNET: &str = "29936104443aaf264a7f0192ac64b1c7173198c1ed404c1bcff5e562e05eb7f6";
+
+#[test]
+fn in_the_mina_profile_a_js_peer_with_the_chain_psk_connects_and_one_without_cannot() {
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("minaprofile", 0);
+    let mina = |c: &mut Config| {
+        c.p2p.profile = chainmesh_node::config::Profile::Mina;
+        c.p2p.chain_id = Some(MINA_DEVNET.into());
+        c.p2p.discovery.kad_mode = KadMode::Server;
+    };
+    let n1 = Node::start_run(
+        &net.node_home_with(&root.path().join("n1"), None, mina),
+        &[],
+    );
+    let n3 = Node::start_run(
+        &net.node_home_with(&root.path().join("n3"), None, mina),
+        &["--peer".into(), n1.p2p_addr()],
+    );
+    let (n1_id, n3_id) = (peer_id_of(&n1), peer_id_of(&n3));
+    wait_until(20, "two mina-profile nodes connected", || {
+        n1.peers().iter().any(|p| p["peer_id"] == json!(n3_id))
+    });
+    assert!(
+        n1.log().contains("the mina profile speaks TCP only") || !n1.p2p_addr().contains("quic")
+    );
+
+    let mut js = JsPeer::start_with(&["--net", "minaprofile", "--mina", MINA_DEVNET]);
+    js.call(json!({"cmd": "dial", "addr": n1.p2p_addr()}))
+        .unwrap_or_else(|e| panic!("a peer with the chain's PSK could not connect: {e}"));
+    let id = js.wait_event(20, "identify over pnet", |e| {
+        e["event"] == "identify" && e["peer"] == json!(n1_id)
+    });
+    assert!(
+        id["protocols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/coda/kad/1.0.0"),
+        "{id}"
+    );
+    let rtt = js.call(json!({"cmd": "ping", "peer": n1_id})).unwrap();
+    assert!(rtt["rtt_ms"].as_f64().is_some(), "{rtt}");
+    let found = js
+        .call(json!({"cmd": "find_peer", "peer": n3_id}))
+        .unwrap_or_else(|e| panic!("FIND_NODE over /coda/kad/1.0.0: {e}"));
+    assert_eq!(found["peer"], json!(n3_id));
+    wait_until(20, "the node's view of the js peer", || {
+        js_agent(&n1, &js.peer_id).is_some_and(|a| a.contains("js-libp2p"))
+    });
+
+    // Without the PSK (or with another chain's) nothing gets through.
+    let mut plain = JsPeer::start("minaprofile");
+    let e = plain.call(json!({"cmd": "dial", "addr": n1.p2p_addr()}));
+    assert!(e.is_err(), "a peer without the PSK connected: {e:?}");
+    let other_chain = "00".repeat(32);
+    let mut other = JsPeer::start_with(&["--net", "minaprofile", "--mina", &other_chain]);
+    let e = other.call(json!({"cmd": "dial", "addr": n1.p2p_addr()}));
+    assert!(e.is_err(), "a peer of another chain connected: {e:?}");
+    assert!(
+        !n1.peers()
+            .iter()
+            .any(|p| p["peer_id"] == json!(plain.peer_id))
+    );
 }

@@ -27,6 +27,8 @@ pub struct Behaviour {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub kademlia: bool,
+    /// Our `/chainmesh/<net>/kad/1`, or another network's name (the Mina profile's).
+    pub kad_protocol: StreamProtocol,
     pub mdns: bool,
     pub query_timeout: Duration,
 }
@@ -43,10 +45,10 @@ pub fn members_key(network_id: &str) -> kad::RecordKey {
     kad::RecordKey::new(&format!("/chainmesh/{network_id}/members"))
 }
 
-pub fn new(key: &Keypair, network_id: &str, cfg: &Config) -> std::io::Result<Behaviour> {
+pub fn new(key: &Keypair, cfg: &Config) -> std::io::Result<Behaviour> {
     let me: PeerId = key.public().to_peer_id();
     let kad = cfg.kademlia.then(|| {
-        let mut c = kad::Config::new(kad_protocol(network_id));
+        let mut c = kad::Config::new(cfg.kad_protocol.clone());
         c.set_query_timeout(cfg.query_timeout);
         // Provider records are how relays and NATed members are found: republish them
         // often enough that a restarted server node has them again within minutes.

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use chainmesh_behaviours::discovery::{self, members_key, relays_key};
+use chainmesh_behaviours::discovery::{members_key, relays_key};
 use libp2p::kad::{self, GetClosestPeersOk, GetProvidersOk, QueryResult};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, mdns};
@@ -34,9 +34,9 @@ pub(super) struct DiscoveryState {
 }
 
 impl DiscoveryState {
-    pub(super) fn new(network_id: &str) -> Self {
+    pub(super) fn new(kad_protocol: StreamProtocol) -> Self {
         DiscoveryState {
-            kad_protocol: discovery::kad_protocol(network_id),
+            kad_protocol,
             last_walk: None,
             provide_at: None,
             server: false,

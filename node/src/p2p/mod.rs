@@ -19,6 +19,7 @@
 mod addr_book;
 mod discovery;
 mod gossip;
+pub mod mina;
 mod nat;
 mod pex;
 mod pool_sync;
@@ -364,6 +365,14 @@ pub fn start(
         let addr: Multiaddr = a
             .parse()
             .with_context(|| format!("p2p listen address {a:?}"))?;
+        if p.cfg.profile == crate::config::Profile::Mina
+            && addr
+                .iter()
+                .any(|x| matches!(x, Protocol::QuicV1 | Protocol::Udp(_)))
+        {
+            tracing::info!(address = %addr, "the mina profile speaks TCP only: not listening on this address");
+            continue;
+        }
         swarm
             .listen_on(addr.clone())
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -479,7 +488,7 @@ pub fn start(
         last_progress_log: Instant::now(),
         listen_addrs: Vec::new(),
         addrs_file: p.data_dir.join("p2p.addrs"),
-        disco: discovery::DiscoveryState::new(&p.genesis.network_id),
+        disco: discovery::DiscoveryState::new(swarm::kad_protocol(&p.genesis.network_id, &p.cfg)),
         nat: nat::NatState::new(&p.cfg.nat, gate),
         cfg: p.cfg,
     };

@@ -14,7 +14,7 @@ use libp2p::{
     Swarm, allow_block_list, connection_limits, identify, identity, noise, ping, tcp, yamux,
 };
 
-use crate::config::P2pConfig;
+use crate::config::{P2pConfig, Profile};
 use prometheus_client::registry::Registry;
 
 #[derive(NetworkBehaviour)]
@@ -70,6 +70,7 @@ pub fn build(
     let net = network_id.to_string();
     let discovery_cfg = discovery::Config {
         kademlia: cfg.discovery.kademlia,
+        kad_protocol: kad_protocol(network_id, cfg),
         mdns: cfg.discovery.mdns,
         query_timeout: Duration::from_secs(30),
     };
@@ -90,51 +91,108 @@ pub fn build(
         }),
         dcutr: n.dcutr,
     };
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_bandwidth_metrics(registry)
-        .with_behaviour(
-            |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-                let me = key.public().to_peer_id();
-                Ok(Behaviour {
-                    limits: connection_limits::Behaviour::new(limits),
-                    blocked: allow_block_list::Behaviour::default(),
-                    identify: identify::Behaviour::new(
-                        identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
-                            .with_agent_version(agent())
-                            // Its cache would offer every address a peer listens on,
-                            // loopback included, to any dial of that peer; ours come
-                            // from the address book and Kademlia, filtered.
-                            .with_cache_size(0),
-                    ),
-                    ping: ping::Behaviour::new(
-                        ping::Config::new().with_interval(Duration::from_secs(15)),
-                    ),
-                    status: status::new(&net, timeout),
-                    sync: sync::new(&net, timeout),
-                    gossip: gossip::new(key, &net)?.with_metrics(
-                        registry.sub_registry_with_prefix("gossipsub"),
-                        Default::default(),
-                    ),
-                    pool: pool::new(&net, timeout),
-                    pex: pex::new(&net, timeout),
-                    discovery: discovery::new(key, &net, &discovery_cfg)?,
-                    nat: nat::new(me, relay_client, &nat_cfg, admitted),
-                    admission: admission::new(
-                        cfg.nat.relay_server || cfg.admission.bootstrap,
-                        timeout,
-                    ),
-                })
-            },
-        )?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let parts = Parts {
+        limits,
+        net,
+        timeout,
+        discovery: discovery_cfg,
+        nat: nat_cfg,
+        serve_admission: cfg.nat.relay_server || cfg.admission.bootstrap,
+        admitted,
+    };
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let swarm = match cfg.profile {
+        Profile::Chainmesh => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|key, relay_client| make(parts, key, relay_client, registry))?
+            .with_swarm_config(idle)
+            .build(),
+        Profile::Mina => {
+            let chain_id = cfg
+                .chain_id
+                .as_deref()
+                .context("the mina profile needs a chain id")?;
+            let psk = super::mina::psk(chain_id);
+            builder
+                .with_other_transport(|key| {
+                    super::mina::transport(key, psk)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                })?
+                .with_relay_client(noise::Config::new, yamux::Config::default)?
+                .with_bandwidth_metrics(registry)
+                .with_behaviour(|key, relay_client| make(parts, key, relay_client, registry))?
+                .with_swarm_config(idle)
+                .build()
+        }
+    };
     Ok(swarm)
+}
+
+/// The DHT's protocol name: ours, or Mina's in that profile.
+pub fn kad_protocol(network_id: &str, cfg: &P2pConfig) -> libp2p::StreamProtocol {
+    match cfg.profile {
+        Profile::Chainmesh => discovery::kad_protocol(network_id),
+        Profile::Mina => super::mina::KAD_PROTOCOL,
+    }
+}
+
+/// What the behaviour is made of, decided before the transport is.
+struct Parts {
+    limits: connection_limits::ConnectionLimits,
+    net: String,
+    timeout: Duration,
+    discovery: discovery::Config,
+    nat: nat::Config,
+    serve_admission: bool,
+    admitted: nat::Admitted,
+}
+
+fn make(
+    parts: Parts,
+    key: &identity::Keypair,
+    relay_client: libp2p::relay::client::Behaviour,
+    registry: &mut Registry,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let Parts {
+        limits,
+        net,
+        timeout,
+        discovery: discovery_cfg,
+        nat: nat_cfg,
+        serve_admission,
+        admitted,
+    } = parts;
+    let me = key.public().to_peer_id();
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        blocked: allow_block_list::Behaviour::default(),
+        identify: identify::Behaviour::new(
+            identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
+                .with_agent_version(agent())
+                // Its cache would offer every address a peer listens on,
+                // loopback included, to any dial of that peer; ours come
+                // from the address book and Kademlia, filtered.
+                .with_cache_size(0),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+        status: status::new(&net, timeout),
+        sync: sync::new(&net, timeout),
+        gossip: gossip::new(key, &net)?.with_metrics(
+            registry.sub_registry_with_prefix("gossipsub"),
+            Default::default(),
+        ),
+        pool: pool::new(&net, timeout),
+        pex: pex::new(&net, timeout),
+        discovery: discovery::new(key, &discovery_cfg)?,
+        nat: nat::new(me, relay_client, &nat_cfg, admitted),
+        admission: admission::new(serve_admission, timeout),
+    })
 }
