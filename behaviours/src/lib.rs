@@ -8,6 +8,7 @@
 //! - [`pex`]: `/chainmesh/<net>/pex/1`, peer exchange.
 //! - [`discovery`]: Kademlia under `/chainmesh/<net>/kad/1`, and mDNS.
 //! - [`nat`]: AutoNAT, circuit relay v2 (server and client), DCUtR.
+//! - [`mina`]: the Mina profile's gossip topics, message ids and `/mina/peer-exchange`.
 //! - [`admission`]: `/chainmesh/admission/1`, proof of work before a relay reservation.
 //! - [`peers`]: scores and bans.
 //! - [`codec`]: size-capped protobuf framing for request-response protocols.
@@ -20,6 +21,7 @@ pub mod admission;
 pub mod codec;
 pub mod discovery;
 pub mod gossip;
+pub mod mina;
 pub mod nat;
 pub mod peers;
 pub mod pex;

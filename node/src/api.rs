@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_mempool::AddError;
 use chainmesh_proto::{Address, Block, Hash, Tx, TxError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -132,6 +132,7 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/accounts/{address}", get(account))
         .route("/txs", axum::routing::post(submit_tx))
         .route("/txs/{id}", get(tx))
+        .route("/mina/publish", axum::routing::post(mina_publish))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -201,6 +202,41 @@ async fn net_stats(State(st): State<ApiState>) -> ApiResult<NetStats> {
         .map_err(|_| ApiError::busy())?;
     match tokio::time::timeout(st.timeout, rx).await {
         Ok(Ok(v)) => Ok(Json(v)),
+        _ => Err(ApiError::busy()),
+    }
+}
+
+#[derive(Deserialize)]
+struct MinaPublish {
+    topic: String,
+    /// The body (Bin_prot bytes, opaque to us), hex; the node adds the length prefix.
+    data_hex: String,
+}
+
+#[derive(Serialize)]
+struct Published {
+    message_id: String,
+}
+
+/// Mina profile: publish an opaque body on one of Mina's gossip topics.
+async fn mina_publish(
+    State(st): State<ApiState>,
+    body: Result<Json<MinaPublish>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Published> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let data =
+        hex::decode(&req.data_hex).map_err(|e| ApiError::bad_request(format!("data_hex: {e}")))?;
+    let (reply, rx) = oneshot::channel();
+    st.net
+        .try_send(NetCommand::MinaPublish {
+            topic: req.topic,
+            body: data,
+            reply,
+        })
+        .map_err(|_| ApiError::busy())?;
+    match tokio::time::timeout(st.timeout, rx).await {
+        Ok(Ok(Ok(id))) => Ok(Json(Published { message_id: id })),
+        Ok(Ok(Err(why))) => Err(ApiError::bad_request(why)),
         _ => Err(ApiError::busy()),
     }
 }

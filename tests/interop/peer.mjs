@@ -107,6 +107,14 @@ function minaProtector (chainId) {
   return preSharedKey({ psk: enc.encode(`/key/swarm/psk/1.0.0/\n/base16/\n${hex(psk)}`) })
 }
 
+// Mina's gossip message id: BLAKE2b-256 of the data keyed with the topic (with the
+// topic's BLAKE2b-256 when the topic is longer than the 64-byte key limit).
+function minaMessageId (topic, data) {
+  let key = enc.encode(topic)
+  if (key.length > 64) key = blake2b(key, { dkLen: 32 })
+  return blake2b(data, { key, dkLen: 32 })
+}
+
 // Upstream yamux under another protocol name.
 function renamed (factory, protocol) {
   return (components) => {
@@ -135,7 +143,7 @@ const node = await createLibp2p({
     // The node's message id is blake3 of the payload; both sides must agree.
     pubsub: gossipsub({
       globalSignaturePolicy: 'StrictSign',
-      msgIdFn: (msg) => blake3(msg.data),
+      msgIdFn: (msg) => minaChainId ? minaMessageId(msg.topic, msg.data) : blake3(msg.data),
       allowPublishToZeroTopicPeers: true,
       emitSelf: false
     })
@@ -150,7 +158,8 @@ node.addEventListener('peer:connect', (e) => out({ event: 'connected', peer: e.d
 node.addEventListener('peer:disconnect', (e) => out({ event: 'disconnected', peer: e.detail.toString() }))
 node.services.pubsub.addEventListener('message', (e) => {
   const m = e.detail
-  out({ event: 'message', topic: m.topic, from: m.from?.toString(), data_hex: hex(m.data) })
+  const id = minaChainId ? minaMessageId(m.topic, m.data) : blake3(m.data)
+  out({ event: 'message', topic: m.topic, from: m.from?.toString(), data_hex: hex(m.data), id_hex: hex(id) })
 })
 
 await node.start()
@@ -176,8 +185,31 @@ async function run (c) {
       node.services.pubsub.subscribe(c.topic)
       return {}
     case 'publish': {
-      const r = await node.services.pubsub.publish(c.topic, Buffer.from(c.data_hex, 'hex'))
-      return { recipients: r.recipients.length }
+      const data = fromHex(c.data_hex)
+      const r = await node.services.pubsub.publish(c.topic, data)
+      const id = minaChainId ? minaMessageId(c.topic, data) : blake3(data)
+      return { recipients: r.recipients.length, id_hex: hex(id) }
+    }
+    case 'mina_px': {
+      // /mina/peer-exchange: send nothing, read the JSON list (at most 8 KiB).
+      const stream = await node.dialProtocol(peerIdFromString(c.peer), '/mina/peer-exchange',
+        { signal: AbortSignal.timeout(10000) })
+      // Nothing to say: half-close at once, so the other side reads an empty request.
+      await stream.close()
+      const read = (async () => {
+        const chunks = []
+        let n = 0
+        for await (const chunk of stream) {
+          const b = chunk.subarray()
+          n += b.length
+          if (n > 8192) throw new Error('peer exchange answer over 8 KiB')
+          chunks.push(b)
+        }
+        return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+      })()
+      const timeout = new Promise((_resolve, reject) =>
+        setTimeout(() => reject(new Error('no peer exchange answer in 10 s')), 10000))
+      return await Promise.race([read, timeout])
     }
     case 'status': {
       // Our status (the genesis and tip the test gives), and the node's in return.

@@ -146,6 +146,21 @@ impl Drop for JsPeer {
     }
 }
 
+/// FIND_NODE from the js peer. A lookup can come back empty while the routing tables
+/// are still filling (identify, then the DHT's own bookkeeping, on a loaded machine):
+/// three tries, a second apart.
+fn find_peer(js: &mut JsPeer, peer: &str, protocol: &str) -> Value {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match js.call(json!({"cmd": "find_peer", "peer": peer})) {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("FIND_NODE over {protocol}: {last}")
+}
+
 fn peer_id_of(n: &Node) -> String {
     n.p2p_addr().rsplit("/p2p/").next().unwrap().to_string()
 }
@@ -250,9 +265,7 @@ fn a_js_peer_finds_a_third_node_through_the_first_over_our_kademlia() {
             .any(|p| p == "/chainmesh/interopkad/kad/1"),
         "{id}"
     );
-    let found = js
-        .call(json!({"cmd": "find_peer", "peer": n3_id}))
-        .unwrap_or_else(|e| panic!("FIND_NODE through n1: {e}"));
+    let found = find_peer(&mut js, &n3_id, "/chainmesh/interopkad/kad/1");
     assert_eq!(found["peer"], json!(n3_id));
     let n3_port = n3
         .p2p_addr()
@@ -445,6 +458,17 @@ fn in_the_mina_profile_a_js_peer_with_the_chain_psk_connects_and_one_without_can
         &net.node_home_with(&root.path().join("n3"), None, mina),
         &["--peer".into(), n1.p2p_addr()],
     );
+    // n4 is connected to n1 only and runs no DHT, so no lookup leads to it or from it:
+    // what it receives on a Mina topic, n1 forwarded.
+    let n4 = Node::start_run(
+        &net.node_home_with(&root.path().join("n4"), None, |c| {
+            mina(c);
+            // No DHT at all: its own lookups would connect it to the js peer.
+            c.p2p.discovery.kademlia = false;
+            c.p2p.target_peers = 1;
+        }),
+        &["--peer".into(), n1.p2p_addr()],
+    );
     let (n1_id, n3_id) = (peer_id_of(&n1), peer_id_of(&n3));
     wait_until(20, "two mina-profile nodes connected", || {
         n1.peers().iter().any(|p| p["peer_id"] == json!(n3_id))
@@ -469,13 +493,72 @@ fn in_the_mina_profile_a_js_peer_with_the_chain_psk_connects_and_one_without_can
     );
     let rtt = js.call(json!({"cmd": "ping", "peer": n1_id})).unwrap();
     assert!(rtt["rtt_ms"].as_f64().is_some(), "{rtt}");
-    let found = js
-        .call(json!({"cmd": "find_peer", "peer": n3_id}))
-        .unwrap_or_else(|e| panic!("FIND_NODE over /coda/kad/1.0.0: {e}"));
-    assert_eq!(found["peer"], json!(n3_id));
     wait_until(20, "the node's view of the js peer", || {
         js_agent(&n1, &js.peer_id).is_some_and(|a| a.contains("js-libp2p"))
     });
+
+    // Gossip on Mina's topics, message ids computed the Mina way on both sides.
+    let topic = "mina/tx/1.0.0";
+    js.call(json!({"cmd": "subscribe", "topic": topic}))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let body = b"opaque bin_prot bytes";
+    let mut framed = (body.len() as u64).to_le_bytes().to_vec();
+    framed.extend_from_slice(body);
+    let sent = js
+        .call(json!({"cmd": "publish", "topic": topic, "data_hex": hex_of(&framed)}))
+        .unwrap();
+    wait_until(20, "the js peer's Mina message at n1", || {
+        n1.get("/net")["mina_gossip_received"].as_u64() == Some(1)
+    });
+    assert_eq!(n1.get("/net")["mina_last_message_id"], sent["id_hex"]);
+    // What we cannot validate we do not forward.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(n4.get("/net")["mina_gossip_received"], json!(0));
+    // The node publishes from its API; the js peer gets the framed body, same id.
+    let http = reqwest::blocking::Client::new();
+    let r: Value = http
+        .post(format!("{}/mina/publish", n1.api))
+        .json(&json!({"topic": topic, "data_hex": hex_of(b"from the node")}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let got = js.wait_event(20, "the node's Mina message at the js peer", |e| {
+        e["event"] == "message" && e["topic"] == topic
+    });
+    let mut want = 13u64.to_le_bytes().to_vec();
+    want.extend_from_slice(b"from the node");
+    assert_eq!(got["data_hex"], json!(hex_of(&want)));
+    assert_eq!(got["id_hex"], r["message_id"], "{r}");
+    // A bad frame is refused.
+    js.call(json!({"cmd": "publish", "topic": topic, "data_hex": "ff00"}))
+        .unwrap();
+    wait_until(20, "the bad frame refused", || {
+        n1.get("/net")["mina_gossip_rejected"].as_u64() == Some(1)
+    });
+    // Kademlia under Mina's name: the js peer finds n3 through n1 (and connects to it).
+    let found = find_peer(&mut js, &n3_id, "/coda/kad/1.0.0");
+    assert_eq!(found["peer"], json!(n3_id));
+    // /mina/peer-exchange: n1 lists the peers it reached (n3 dialled n1, so n1 has no
+    // confirmed address yet; n3 dialled n1 and lists it).
+    let listed = (0..3)
+        .find_map(|_| {
+            let r = js.call(json!({"cmd": "mina_px", "peer": n3_id}));
+            if r.is_err() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r.ok()
+        })
+        .expect("/mina/peer-exchange answered in three tries");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["ID"] == json!(n1_id) && !p["Addrs"].as_array().unwrap().is_empty()),
+        "{listed}"
+    );
 
     // Without the PSK (or with another chain's) nothing gets through.
     let mut plain = JsPeer::start("minaprofile");

@@ -49,19 +49,29 @@ pub fn message_id(data: &[u8]) -> MessageId {
     MessageId::from(blake3::hash(data).as_bytes().to_vec())
 }
 
-/// Our gossipsub configuration; fails only on inconsistent constants.
-pub fn config(network_id: &str) -> Result<gossipsub::Config, String> {
-    gossipsub::ConfigBuilder::default()
-        .validation_mode(ValidationMode::Strict)
+/// Our gossipsub configuration; fails only on inconsistent constants. In the Mina
+/// profile (`mina`), message ids, the RPC size cap and the heartbeat are Mina's (see
+/// [`crate::mina::gossip`]); our own topics keep their per-topic caps and meshes.
+pub fn config(network_id: &str, mina: bool) -> Result<gossipsub::Config, String> {
+    let mut b = gossipsub::ConfigBuilder::default();
+    if mina {
+        b.message_id_fn(|m: &gossipsub::Message| {
+            crate::mina::gossip::message_id(m.topic.as_str(), &m.data)
+        })
+        .max_transmit_size(crate::mina::gossip::MAX_TRANSMIT)
+        .heartbeat_interval(Duration::from_secs(1));
+    } else {
+        b.message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
+            .max_transmit_size(MAX_COMPACT_BLOCK_BYTES + ENVELOPE)
+            .heartbeat_interval(Duration::from_millis(700));
+    }
+    b.validation_mode(ValidationMode::Strict)
         .validate_messages()
-        .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
-        .max_transmit_size(MAX_COMPACT_BLOCK_BYTES + ENVELOPE)
         .max_transmit_size_for_topic(MAX_TX_BYTES + ENVELOPE, tx_topic(network_id).hash())
         .max_transmit_size_for_topic(
             MAX_COMPACT_BLOCK_BYTES + ENVELOPE,
             block_topic(network_id).hash(),
         )
-        .heartbeat_interval(Duration::from_millis(700))
         // A block must be judged within the history window to be forwarded: 5 heartbeats.
         .history_length(6)
         .duplicate_cache_time(Duration::from_secs(120))
@@ -130,9 +140,14 @@ pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) 
 
 /// A gossipsub behaviour with our configuration and scoring, signing with `key`.
 pub fn new(key: &Keypair, network_id: &str) -> Result<Behaviour, String> {
+    new_for(key, network_id, false)
+}
+
+/// As [`new`]; `mina` for the Mina profile's settings.
+pub fn new_for(key: &Keypair, network_id: &str, mina: bool) -> Result<Behaviour, String> {
     let mut b = gossipsub::Behaviour::new(
         MessageAuthenticity::Signed(key.clone()),
-        config(network_id)?,
+        config(network_id, mina)?,
     )
     .map_err(str::to_string)?;
     let (params, thresholds) = score_params(network_id);
@@ -146,7 +161,8 @@ mod tests {
 
     #[test]
     fn configuration_and_scores_are_valid() {
-        assert!(config("devnet").is_ok());
+        assert!(config("devnet", false).is_ok());
+        assert!(config("devnet", true).is_ok());
         let (p, t) = score_params("devnet");
         p.validate().unwrap();
         t.validate().unwrap();

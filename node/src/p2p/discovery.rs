@@ -140,6 +140,12 @@ impl Net {
         }
         if info
             .protocols
+            .contains(&chainmesh_behaviours::mina::peer_exchange::PROTOCOL)
+        {
+            self.mina_px_ask(peer);
+        }
+        if info
+            .protocols
             .contains(&chainmesh_behaviours::admission::PROTOCOL)
         {
             self.admit_at_bootstrap(peer);

@@ -41,11 +41,16 @@ impl Net {
             tracing::info!("gossip is off (p2p.gossip = false): mempool by pool sync only");
             return;
         }
+        let mina = self.cfg.profile == crate::config::Profile::Mina;
         let g = &mut self.swarm.behaviour_mut().gossip;
+        let mina_topics = chainmesh_behaviours::mina::gossip::topics().filter(|_| mina);
         for t in [
             gossip::tx_topic(&self.network_id),
             gossip::block_topic(&self.network_id),
-        ] {
+        ]
+        .into_iter()
+        .chain(mina_topics)
+        {
             if let Err(e) = g.subscribe(&t) {
                 tracing::error!(topic = %t, error = %e, "cannot subscribe");
             }
@@ -85,6 +90,9 @@ impl Net {
         else {
             return;
         };
+        if chainmesh_behaviours::mina::gossip::is_mina_topic(&message.topic) {
+            return self.on_mina_message(source, id, &message);
+        }
         match gossip::decode(&self.network_id, &message.topic, &message.data) {
             Err(e) => {
                 // Bytes that are not a message of the topic count as rejected there.

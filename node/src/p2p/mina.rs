@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use blake2::Digest;
 use blake2::digest::consts::U32;
+use chainmesh_behaviours::mina::gossip as mina_gossip;
+use chainmesh_behaviours::mina::peer_exchange;
+use chainmesh_behaviours::peers::Fault;
 use futures::future::BoxFuture;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport};
@@ -101,6 +104,144 @@ pub fn transport(
             .timeout(Duration::from_secs(20))
             .boxed(),
     )
+}
+
+impl super::Net {
+    /// A message on a Mina topic: frame-checked and counted, never forwarded, since we
+    /// cannot validate Mina's blocks, transactions or snark work.
+    pub(super) fn on_mina_message(
+        &mut self,
+        source: PeerId,
+        id: libp2p::gossipsub::MessageId,
+        message: &libp2p::gossipsub::Message,
+    ) {
+        use libp2p::gossipsub::MessageAcceptance;
+        let acceptance = match mina_gossip::check_frame(&message.data) {
+            Ok(len) => {
+                self.stats.mina_gossip_received += 1;
+                self.stats.mina_last_message_id = hex::encode(&id.0);
+                tracing::debug!(topic = %message.topic, bytes = len, from = %source, "Mina gossip received (not forwarded: not validated)");
+                MessageAcceptance::Ignore
+            }
+            Err(why) => {
+                self.stats.mina_gossip_rejected += 1;
+                self.fault(
+                    source,
+                    Fault::InvalidMessage,
+                    format!("Mina gossip on {}: {why}", message.topic),
+                );
+                MessageAcceptance::Reject
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    /// Publishes a body on a Mina topic, framed; returns the message id (hex).
+    pub(super) fn publish_mina(&mut self, topic: &str, body: &[u8]) -> Result<String, String> {
+        if !mina_gossip::TOPICS.contains(&topic) {
+            return Err(format!(
+                "not a Mina topic: {topic:?} (one of {:?})",
+                mina_gossip::TOPICS
+            ));
+        }
+        if self.cfg.profile != crate::config::Profile::Mina {
+            return Err("the node does not run the mina profile".into());
+        }
+        let data = mina_gossip::frame(body);
+        let id = mina_gossip::message_id(topic, &data);
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(libp2p::gossipsub::IdentTopic::new(topic), data)
+            .map_err(|e| e.to_string())?;
+        self.stats.mina_gossip_published += 1;
+        Ok(hex::encode(&id.0))
+    }
+
+    /// A peer that speaks `/mina/peer-exchange`: ask it for peers while below target.
+    pub(super) fn mina_px_ask(&mut self, peer: PeerId) {
+        if self.peer_count() < self.cfg.target_peers as usize
+            && let Some(px) = self.swarm.behaviour_mut().mina_px.as_mut()
+        {
+            px.send_request(&peer, ());
+        }
+    }
+
+    pub(super) fn on_mina_px_event(&mut self, ev: peer_exchange::Event) {
+        use libp2p::request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message: Message::Request { channel, .. },
+                ..
+            } => {
+                // Peers we dialled and reached, as Go's AddrInfo.
+                let list: Vec<peer_exchange::AddrInfo> = self
+                    .book
+                    .records(64, |p| *p == peer)
+                    .into_iter()
+                    .map(|r| peer_exchange::AddrInfo {
+                        id: r.peer.to_string(),
+                        addrs: r.addrs.iter().map(ToString::to_string).collect(),
+                    })
+                    .collect();
+                self.stats.mina_px_served += 1;
+                if let Some(px) = self.swarm.behaviour_mut().mina_px.as_mut() {
+                    let _ = px.send_response(channel, list);
+                }
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                let now = crate::chain::now_ms();
+                let me = *self.swarm.local_peer_id();
+                for info in response
+                    .into_iter()
+                    .take(chainmesh_proto::limits::MAX_PEX_PEERS as usize)
+                {
+                    let Ok(id) = info.id.parse::<PeerId>() else {
+                        self.fault(
+                            peer,
+                            Fault::BadData,
+                            format!("peer exchange: bad peer id {:?}", info.id),
+                        );
+                        return;
+                    };
+                    let addrs: Vec<libp2p::Multiaddr> = info
+                        .addrs
+                        .iter()
+                        .filter_map(|a| a.parse().ok())
+                        .take(chainmesh_proto::limits::MAX_PEX_ADDRS)
+                        .collect();
+                    if id != me && !addrs.is_empty() {
+                        self.stats.mina_px_received += 1;
+                        self.book.learn(
+                            chainmesh_behaviours::pex::PeerRecord {
+                                peer: id,
+                                addrs,
+                                last_seen_ms: now,
+                            },
+                            now,
+                        );
+                    }
+                }
+                self.dial_known();
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                self.on_outbound_failure(peer, "mina peer exchange", &error)
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.on_inbound_failure(peer, "mina peer exchange", &error)
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
 }
 
 #[cfg(test)]

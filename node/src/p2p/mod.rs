@@ -166,11 +166,26 @@ pub struct NetStats {
     pub admission_last_solve_ms: u64,
     /// Inbound peers disconnected for not being admitted in time (`admission.bootstrap`).
     pub admission_disconnects: u64,
+    /// Mina profile: messages on Mina's topics received (frame checked, not forwarded),
+    /// refused (bad frame) and published; the id of the last received, as we compute it;
+    /// `/mina/peer-exchange` answers served and peers learnt from it.
+    pub mina_gossip_received: u64,
+    pub mina_gossip_rejected: u64,
+    pub mina_gossip_published: u64,
+    pub mina_last_message_id: String,
+    pub mina_px_served: u64,
+    pub mina_px_received: u64,
 }
 
 pub enum NetCommand {
     Peers(oneshot::Sender<Vec<PeerView>>),
     Stats(oneshot::Sender<NetStats>),
+    /// Publish a body on a Mina topic (Mina profile); answers the message id in hex.
+    MinaPublish {
+        topic: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 pub struct NetworkHandle {
@@ -539,6 +554,9 @@ impl Net {
                 cmd = commands.recv() => match cmd {
                     Some(NetCommand::Peers(reply)) => { let _ = reply.send(self.peer_views()); }
                     Some(NetCommand::Stats(reply)) => { let _ = reply.send(self.net_stats()); }
+                    Some(NetCommand::MinaPublish { topic, body, reply }) => {
+                        let _ = reply.send(self.publish_mina(&topic, &body));
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick(),
@@ -882,6 +900,7 @@ impl Net {
             }
             BehaviourEvent::Nat(e) => self.on_nat_event(e),
             BehaviourEvent::Admission(e) => self.on_admission_event(e),
+            BehaviourEvent::MinaPx(e) => self.on_mina_px_event(e),
             _ => {}
         }
     }

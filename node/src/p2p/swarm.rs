@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use chainmesh_behaviours::{admission, discovery, gossip, nat, pex, pool, status, sync};
+use chainmesh_behaviours::{admission, discovery, gossip, mina, nat, pex, pool, status, sync};
 use chainmesh_proto::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub discovery: discovery::Behaviour,
     pub nat: nat::Behaviour,
     pub admission: admission::Behaviour,
+    /// `/mina/peer-exchange`, in the Mina profile.
+    pub mina_px: libp2p::swarm::behaviour::toggle::Toggle<mina::peer_exchange::Behaviour>,
 }
 
 pub fn agent() -> String {
@@ -99,6 +101,7 @@ pub fn build(
         nat: nat_cfg,
         serve_admission: cfg.nat.relay_server || cfg.admission.bootstrap,
         admitted,
+        mina: cfg.profile == Profile::Mina,
     };
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
@@ -153,6 +156,7 @@ struct Parts {
     nat: nat::Config,
     serve_admission: bool,
     admitted: nat::Admitted,
+    mina: bool,
 }
 
 fn make(
@@ -169,6 +173,7 @@ fn make(
         nat: nat_cfg,
         serve_admission,
         admitted,
+        mina,
     } = parts;
     let me = key.public().to_peer_id();
     Ok(Behaviour {
@@ -185,7 +190,7 @@ fn make(
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
         status: status::new(&net, timeout),
         sync: sync::new(&net, timeout),
-        gossip: gossip::new(key, &net)?.with_metrics(
+        gossip: gossip::new_for(key, &net, mina)?.with_metrics(
             registry.sub_registry_with_prefix("gossipsub"),
             Default::default(),
         ),
@@ -194,5 +199,6 @@ fn make(
         discovery: discovery::new(key, &discovery_cfg)?,
         nat: nat::new(me, relay_client, &nat_cfg, admitted),
         admission: admission::new(serve_admission, timeout),
+        mina_px: mina.then(|| mina::peer_exchange::new(timeout)).into(),
     })
 }
