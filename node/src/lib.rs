@@ -4,6 +4,7 @@ pub mod api;
 pub mod chain;
 pub mod client;
 pub mod config;
+pub mod devnet;
 pub mod p2p;
 pub mod pool;
 pub mod setup;
@@ -57,6 +58,8 @@ enum Cmd {
     },
     /// Write a commented config and a genesis for a new network into a folder.
     Init(setup::InitArgs),
+    /// Write the files of a local multi-node network (see scripts/devnet.sh).
+    DevnetInit(devnet::DevnetArgs),
     /// Run a node from a config file.
     Run {
         #[arg(long)]
@@ -218,6 +221,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             k.save_new(&out)?;
             println!("{}", k.public());
             eprintln!("wrote key file {} (keep it secret)", out.display());
+            Ok(())
+        }
+        Cmd::DevnetInit(args) => {
+            let nodes = devnet::init(&args)?;
+            println!("{}", serde_json::to_string_pretty(&nodes)?);
             Ok(())
         }
         Cmd::Init(args) => {

@@ -194,8 +194,8 @@ async function run (c) {
       // /mina/peer-exchange: send nothing, read the JSON list (at most 8 KiB).
       const stream = await node.dialProtocol(peerIdFromString(c.peer), '/mina/peer-exchange',
         { signal: AbortSignal.timeout(10000) })
-      // Nothing to say: half-close at once, so the other side reads an empty request.
-      await stream.close()
+      // Reading starts before our half-close: an answer that arrives while the close is
+      // under way must find its reader.
       const read = (async () => {
         const chunks = []
         let n = 0
@@ -207,6 +207,8 @@ async function run (c) {
         }
         return JSON.parse(Buffer.concat(chunks).toString('utf8'))
       })()
+      // Nothing to say: half-close, so the other side reads an empty request.
+      stream.close().catch(() => {})
       const timeout = new Promise((_resolve, reject) =>
         setTimeout(() => reject(new Error('no peer exchange answer in 10 s')), 10000))
       return await Promise.race([read, timeout])

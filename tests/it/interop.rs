@@ -148,13 +148,16 @@ impl Drop for JsPeer {
 
 /// FIND_NODE from the js peer. A lookup can come back empty while the routing tables
 /// are still filling (identify, then the DHT's own bookkeeping, on a loaded machine):
-/// three tries, a second apart.
+/// five tries, a second apart.
 fn find_peer(js: &mut JsPeer, peer: &str, protocol: &str) -> Value {
     let mut last = String::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         match js.call(json!({"cmd": "find_peer", "peer": peer})) {
             Ok(v) => return v,
-            Err(e) => last = e,
+            Err(e) => {
+                eprintln!("FIND_NODE over {protocol}: {e} (retrying)");
+                last = e
+            }
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -542,15 +545,19 @@ fn in_the_mina_profile_a_js_peer_with_the_chain_psk_connects_and_one_without_can
     assert_eq!(found["peer"], json!(n3_id));
     // /mina/peer-exchange: n1 lists the peers it reached (n3 dialled n1, so n1 has no
     // confirmed address yet; n3 dialled n1 and lists it).
+    let mut errors = Vec::new();
     let listed = (0..3)
-        .find_map(|_| {
-            let r = js.call(json!({"cmd": "mina_px", "peer": n3_id}));
-            if r.is_err() {
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            r.ok()
-        })
-        .expect("/mina/peer-exchange answered in three tries");
+        .find_map(
+            |_| match js.call(json!({"cmd": "mina_px", "peer": n3_id})) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errors.push(e);
+                    std::thread::sleep(Duration::from_secs(1));
+                    None
+                }
+            },
+        )
+        .unwrap_or_else(|| panic!("/mina/peer-exchange: {errors:?}"));
     assert!(
         listed
             .as_array()

@@ -5,6 +5,7 @@ mod chains;
 mod common;
 mod crash;
 mod dev_node;
+mod devnet;
 mod forks;
 mod gossip;
 mod hostile;
