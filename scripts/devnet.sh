@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local devnet of chainmesh processes on 127.0.0.1.
 #
-#   scripts/devnet.sh up N [--authorities K] [--dir D] [--base-port P] [--block-time-ms B]
+#   scripts/devnet.sh up N [--authorities K] [--tx-rate R] [--dir D] [--base-port P] [--block-time-ms B]
 #   scripts/devnet.sh status [--dir D]
 #   scripts/devnet.sh logs I [--dir D]
 #   scripts/devnet.sh down [--dir D] [--clean]
@@ -10,8 +10,10 @@
 # unless D already holds one, starts every node that is not running, waits until all are
 # connected and the chain grows, and prints each node's API address. Node i serves its API
 # on P+i and p2p on P+100+i (P = 7800). Each node dials the two before it on a ring; peer
-# exchange and the DHT do the rest. `down` stops exactly the processes `up` started (by
-# the pid files it wrote) and keeps the data unless --clean. Safe to rerun.
+# exchange and the DHT do the rest. --tx-rate R also starts `chainmesh loadgen` (R valid
+# transfers a second from the devnet's funded accounts, spread over every node, for an
+# hour; its report goes to D/loadgen.log). `down` stops exactly the processes `up`
+# started (by the pid files it wrote) and keeps the data unless --clean. Safe to rerun.
 # The binary: $CHAINMESH_BIN, else target/release/chainmesh, else target/debug/chainmesh,
 # else it is built (cargo build --release --bin chainmesh).
 set -euo pipefail
@@ -24,6 +26,7 @@ authorities=1
 dir="$root/devnet"
 base_port=7800
 block_time=1000
+tx_rate=0
 clean=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
     --dir) dir=$2; shift 2 ;;
     --base-port) base_port=$2; shift 2 ;;
     --block-time-ms) block_time=$2; shift 2 ;;
+    --tx-rate) tx_rate=$2; shift 2 ;;
     --clean) clean=1; shift ;;
     -*) echo "unknown option: $1" >&2; exit 2 ;;
     *) n=$1; shift ;;
@@ -107,6 +111,18 @@ up() {
   done
   echo "devnet up: $(nodes | wc -l) nodes"
   for d in $(nodes); do echo "  $(basename "$d")  http://$(api_of "$d")  pid $(cat "$d/pid")"; done
+  if [[ "$tx_rate" =~ ^[0-9]+$ ]] && [ "$tx_rate" -gt 0 ]; then
+    if [ -f "$dir/loadgen.pid" ] && kill -0 "$(cat "$dir/loadgen.pid")" 2>/dev/null; then
+      echo "load already running (pid $(cat "$dir/loadgen.pid"))"
+    else
+      local apis
+      apis=$(for d in $(nodes); do printf 'http://%s,' "$(api_of "$d")"; done)
+      nohup "$BIN" loadgen --api "${apis%,}" --keys "$dir/keys" --rate "$tx_rate" --duration 3600 \
+        >>"$dir/loadgen.log" 2>&1 &
+      echo $! >"$dir/loadgen.pid"
+      echo "load: $tx_rate tx/s (pid $(cat "$dir/loadgen.pid"), report in $dir/loadgen.log)"
+    fi
+  fi
 }
 
 status() {
@@ -125,6 +141,10 @@ status() {
 }
 
 down() {
+  if [ -f "$dir/loadgen.pid" ]; then
+    kill -TERM "$(cat "$dir/loadgen.pid")" 2>/dev/null || true
+    rm -f "$dir/loadgen.pid"
+  fi
   for d in $(nodes); do
     if running "$d"; then
       kill -TERM "$(cat "$d/pid")" 2>/dev/null || true
@@ -144,5 +164,5 @@ case "$cmd" in
   status) status ;;
   logs) [ -n "$n" ] || { echo "usage: devnet.sh logs I" >&2; exit 2; }; tail -f "$dir/n$n/node.log" ;;
   down) down ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -9,6 +9,7 @@ use crate::chain::NodeStatus;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -92,6 +93,11 @@ impl Client {
 
     pub async fn account(&self, a: &Address) -> anyhow::Result<AccountInfo> {
         self.get(&format!("/accounts/{a}")).await
+    }
+
+    /// A block by height: its header fields, hash and transactions (ids), as JSON.
+    pub async fn block(&self, height: u64) -> anyhow::Result<serde_json::Value> {
+        self.get(&format!("/blocks/{height}")).await
     }
 
     pub async fn tx(&self, id: &Hash) -> anyhow::Result<TxInfo> {

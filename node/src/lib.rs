@@ -5,6 +5,7 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod devnet;
+pub mod loadgen;
 pub mod p2p;
 pub mod pool;
 pub mod setup;
@@ -60,6 +61,8 @@ enum Cmd {
     Init(setup::InitArgs),
     /// Write the files of a local multi-node network (see scripts/devnet.sh).
     DevnetInit(devnet::DevnetArgs),
+    /// Submit valid transfers at a fixed rate and report acceptance and time to inclusion.
+    Loadgen(loadgen::LoadgenArgs),
     /// Run a node from a config file.
     Run {
         #[arg(long)]
@@ -223,6 +226,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             eprintln!("wrote key file {} (keep it secret)", out.display());
             Ok(())
         }
+        Cmd::Loadgen(args) => runtime()?.block_on(loadgen::run(args)),
         Cmd::DevnetInit(args) => {
             let nodes = devnet::init(&args)?;
             println!("{}", serde_json::to_string_pretty(&nodes)?);

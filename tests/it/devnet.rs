@@ -79,6 +79,37 @@ fn devnet_script_brings_up_a_connected_network_and_takes_it_down() {
         assert!(Instant::now() < deadline, "no common tip: {s:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Load: valid transfers from the devnet's funded accounts over every node, reported
+    // with their time to inclusion.
+    let apis: Vec<String> = (0..4)
+        .map(|i| format!("http://127.0.0.1:{}", base.parse::<u16>().unwrap() + i))
+        .collect();
+    let out = Command::new(BIN)
+        .args(["loadgen", "--api", &apis.join(","), "--keys"])
+        .arg(dir.join("keys"))
+        .args(["--rate", "50", "--duration", "4"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{report}"))
+    };
+    assert!(field("accepted") >= 150, "{report}");
+    assert_eq!(field("rejected"), 0, "{report}");
+    assert_eq!(field("included"), field("accepted"), "{report}");
+    assert!(report.contains("to inclusion   median"), "{report}");
+    eprintln!("{report}");
+
     // A node that died comes back with the next `up`; the others are left alone.
     let before = pids(&dir);
     let _ = Command::new("kill")
