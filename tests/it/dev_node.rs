@@ -111,3 +111,49 @@ fn dev_node_produces_blocks_and_processes_transfers() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("network   devnet"));
 }
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = crate::common::Node::start_dev(dir.path(), 500);
+    crate::common::wait_until(20, "a block", || node.height() >= 1);
+    // The first refresh of our families happens within a second of start.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let text = node.get_text("/metrics");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the /metrics text parses");
+    let families: Vec<&String> = scrape.docs.keys().collect();
+    for want in [
+        "chainmesh_height",
+        "chainmesh_sync_target_height",
+        "chainmesh_syncing",
+        "chainmesh_mempool_txs",
+        "chainmesh_mempool_bytes",
+        "chainmesh_peers",
+        "chainmesh_peer_scores",
+        "chainmesh_gossip_messages",
+        "chainmesh_pool_sync_txs_added",
+        "chainmesh_relay_circuits",
+        "chainmesh_admissions",
+        "libp2p_swarm_dial_attempt",
+        "libp2p_identify_errors",
+        "libp2p_ping_rtt_seconds",
+        "libp2p_kad_query_result_get_closest_peers_ok",
+        "gossipsub_topic_subscription_status",
+    ] {
+        assert!(
+            families.iter().any(|f| f.as_str() == want),
+            "no {want} family in /metrics; have {families:?}"
+        );
+    }
+    let height = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "chainmesh_height")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => -1.0,
+        })
+        .expect("a chainmesh_height sample");
+    assert!(height >= 1.0, "height {height}");
+}

@@ -19,6 +19,7 @@
 mod addr_book;
 mod discovery;
 mod gossip;
+mod metrics;
 pub mod mina;
 mod nat;
 mod pex;
@@ -342,6 +343,7 @@ struct Net {
     addrs_file: PathBuf,
     disco: discovery::DiscoveryState,
     nat: nat::NatState,
+    node_metrics: std::sync::Arc<metrics::NodeMetrics>,
 }
 
 fn fault_of(f: SyncFault) -> Fault {
@@ -375,6 +377,7 @@ pub fn start(
         swarm.add_external_address(addr);
     }
     let metrics = libp2p::metrics::Metrics::new(registry);
+    let node_metrics = metrics::NodeMetrics::register(registry);
     let book = AddrBook::open(p.db.open_tree("addrs")?, ADDR_BOOK_SIZE)?;
     for a in &p.cfg.listen {
         let addr: Multiaddr = a
@@ -505,6 +508,7 @@ pub fn start(
         addrs_file: p.data_dir.join("p2p.addrs"),
         disco: discovery::DiscoveryState::new(swarm::kad_protocol(&p.genesis.network_id, &p.cfg)),
         nat: nat::NatState::new(&p.cfg.nat, gate),
+        node_metrics,
         cfg: p.cfg,
     };
     net.update_kad_mode();
@@ -1308,6 +1312,7 @@ impl Net {
             self.tend_discovery();
             self.tend_relays();
             self.tend_admission();
+            self.update_metrics();
         }
         let due: Vec<PeerId> = {
             let t = Instant::now();
@@ -1394,6 +1399,33 @@ impl Net {
             let changed = *v != view;
             *v = view;
             changed
+        });
+    }
+
+    fn update_metrics(&self) {
+        let now = now_ms();
+        let progress = self.syncer.progress();
+        let (mempool_txs, mempool_bytes) = {
+            let p = self.pool.lock();
+            (p.pool().len(), p.pool().bytes())
+        };
+        let scores: Vec<f64> = self
+            .peers
+            .keys()
+            .map(|p| self.scores.score(p, now))
+            .collect();
+        let inbound = self.peers.values().filter(|p| p.inbound).count();
+        let stats = self.net_stats();
+        self.node_metrics.update(&metrics::Snapshot {
+            height: self.status.borrow().height,
+            sync_target: progress.target_height,
+            syncing: progress.syncing,
+            mempool_txs,
+            mempool_bytes,
+            inbound,
+            outbound: self.peers.len() - inbound,
+            scores: &scores,
+            stats: &stats,
         });
     }
 

@@ -1,0 +1,168 @@
+//! chainmesh's own Prometheus families, beside libp2p's (swarm, identify, ping, kad,
+//! gossipsub, relay, dcutr, bytes per transport stack) in the same registry. The network
+//! task refreshes them once a second from what it already counts, so a scrape costs the
+//! node nothing but the encoding. Counters follow our running totals (`inc_by` the
+//! difference), gauges are set.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::NetStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Band {
+    /// good (≥ 0), penalised (−50..0), failing (< −50)
+    pub band: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Verdict {
+    pub kind: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Default)]
+pub struct NodeMetrics {
+    height: Gauge,
+    sync_target: Gauge,
+    syncing: Gauge,
+    mempool_txs: Gauge,
+    mempool_bytes: Gauge,
+    peers: Family<Direction, Gauge>,
+    peer_scores: Family<Band, Gauge>,
+    gossip: Family<Verdict, Counter>,
+    pool_txs_added: Counter,
+    relay_circuits: Counter,
+    admissions: Family<Verdict, Counter>,
+    /// Last totals seen, to turn running totals into counter increments.
+    seen: std::sync::Mutex<Vec<u64>>,
+}
+
+pub struct Snapshot<'a> {
+    pub height: u64,
+    pub sync_target: u64,
+    pub syncing: bool,
+    pub mempool_txs: usize,
+    pub mempool_bytes: usize,
+    pub inbound: usize,
+    pub outbound: usize,
+    /// Our score of each connected peer.
+    pub scores: &'a [f64],
+    pub stats: &'a NetStats,
+}
+
+impl NodeMetrics {
+    pub fn register(r: &mut Registry) -> std::sync::Arc<NodeMetrics> {
+        let m = std::sync::Arc::new(NodeMetrics::default());
+        let r = r.sub_registry_with_prefix("chainmesh");
+        r.register("height", "Height of the local best chain", m.height.clone());
+        r.register(
+            "sync_target_height",
+            "Best height announced by peers",
+            m.sync_target.clone(),
+        );
+        r.register("syncing", "1 while syncing from peers", m.syncing.clone());
+        r.register("mempool_txs", "Pending transactions", m.mempool_txs.clone());
+        r.register(
+            "mempool_bytes",
+            "Encoded bytes of pending transactions",
+            m.mempool_bytes.clone(),
+        );
+        r.register("peers", "Connected peers by direction", m.peers.clone());
+        r.register(
+            "peer_scores",
+            "Connected peers by score band",
+            m.peer_scores.clone(),
+        );
+        r.register(
+            "gossip_messages",
+            "Gossiped messages received, by kind and verdict",
+            m.gossip.clone(),
+        );
+        r.register(
+            "pool_sync_txs_added",
+            "Transactions added to the mempool by pull sync",
+            m.pool_txs_added.clone(),
+        );
+        r.register(
+            "relay_circuits",
+            "Circuits this node relayed",
+            m.relay_circuits.clone(),
+        );
+        r.register(
+            "admissions",
+            "Admission proofs checked, by verdict",
+            m.admissions.clone(),
+        );
+        m
+    }
+
+    pub fn update(&self, s: &Snapshot) {
+        self.height.set(s.height as i64);
+        self.sync_target.set(s.sync_target as i64);
+        self.syncing.set(i64::from(s.syncing));
+        self.mempool_txs.set(s.mempool_txs as i64);
+        self.mempool_bytes.set(s.mempool_bytes as i64);
+        for (d, n) in [("inbound", s.inbound), ("outbound", s.outbound)] {
+            self.peers
+                .get_or_create(&Direction { direction: d })
+                .set(n as i64);
+        }
+        let band = |lo: f64, hi: f64| s.scores.iter().filter(|x| **x >= lo && **x < hi).count();
+        for (b, n) in [
+            ("good", band(0.0, f64::INFINITY)),
+            ("penalised", band(-50.0, 0.0)),
+            ("failing", band(f64::NEG_INFINITY, -50.0)),
+        ] {
+            self.peer_scores
+                .get_or_create(&Band { band: b })
+                .set(n as i64);
+        }
+        let st = s.stats;
+        let totals = [
+            st.tx_accepted,
+            st.tx_rejected,
+            st.tx_ignored,
+            st.blocks_accepted,
+            st.blocks_rejected,
+            st.blocks_ignored,
+            st.pool_txs_added,
+            st.relay_circuits_accepted,
+            st.admissions_granted,
+            st.admissions_refused,
+        ];
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        seen.resize(totals.len(), 0);
+        let mut step = |i: usize, c: &Counter| {
+            c.inc_by(totals[i].saturating_sub(seen[i]));
+            seen[i] = seen[i].max(totals[i]);
+        };
+        let v = |kind, verdict| Verdict { kind, verdict };
+        step(0, &self.gossip.get_or_create(&v("tx", "accepted")));
+        step(1, &self.gossip.get_or_create(&v("tx", "rejected")));
+        step(2, &self.gossip.get_or_create(&v("tx", "ignored")));
+        step(3, &self.gossip.get_or_create(&v("block", "accepted")));
+        step(4, &self.gossip.get_or_create(&v("block", "rejected")));
+        step(5, &self.gossip.get_or_create(&v("block", "ignored")));
+        step(6, &self.pool_txs_added);
+        step(7, &self.relay_circuits);
+        step(
+            8,
+            &self.admissions.get_or_create(&v("admission", "granted")),
+        );
+        step(
+            9,
+            &self.admissions.get_or_create(&v("admission", "refused")),
+        );
+    }
+}
