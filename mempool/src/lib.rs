@@ -4,6 +4,8 @@
 //!   ordering with per-sender nonce order, count/byte limits with lowest-fee eviction,
 //!   replacement by a higher fee, updates on blocks and reorgs. Every change is journaled.
 //!   Its propagation log lets peers read it with a cursor.
+//! - [`orphans`]: peers' transactions that arrived before their sender's previous nonce,
+//!   bounded, until the gap fills.
 //! - [`persist`]: mirrors the journal into a sled tree and reloads it at start.
 //! - [`chunks`]: the stored form, many transactions per sled value, and which chunk
 //!   holds which transaction.
@@ -11,6 +13,7 @@
 //!   permits, one in flight per peer.
 
 pub mod chunks;
+pub mod orphans;
 pub mod persist;
 pub mod pool;
 pub mod pull;

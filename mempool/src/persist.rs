@@ -8,15 +8,20 @@
 
 use std::collections::HashSet;
 
-use chainmesh_proto::{Hash, Tx, wire};
+use chainmesh_proto::{Address, Hash, Tx, TxError, wire};
 
 use crate::chunks::{self, CHUNK_TXS, ChunkIndex, Fate};
+use crate::orphans::{OrphanLimits, Orphans};
 use crate::pool::{AccountState, AddError, Added, Change, Pool, PoolConfig};
 
 pub struct PersistentPool {
     pool: Pool,
     tree: sled::Tree,
     chunks: ChunkIndex,
+    /// Peers' transactions waiting for their sender's previous nonce (not persisted).
+    orphans: Orphans,
+    /// New tips seen: the orphans' clock (the pool reads no clock of its own).
+    tips: u64,
 }
 
 impl PersistentPool {
@@ -63,6 +68,8 @@ impl PersistentPool {
             pool,
             tree,
             chunks: ChunkIndex::starting_at(next_chunk),
+            orphans: Orphans::new(OrphanLimits::default()),
+            tips: 0,
         };
         let mut batch = sled::Batch::default();
         for k in old_keys {
@@ -87,6 +94,32 @@ impl PersistentPool {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Peers' transactions waiting for a gap in their sender's nonces to fill.
+    pub fn orphans(&self) -> usize {
+        self.orphans.len()
+    }
+
+    /// Moves `sender`'s orphans that now follow its chain into the pool, in nonce order;
+    /// returns how many entered.
+    fn promote(&mut self, sender: &Address, state: &dyn AccountState) -> usize {
+        let mut n = 0;
+        while self.orphans.has_sender(sender) {
+            let Ok(acct) = state.account(sender) else {
+                break;
+            };
+            let next = self.pool.next_nonce(sender, acct.nonce);
+            let Some(tx) = self.orphans.take(sender, next) else {
+                break;
+            };
+            // Verified when it arrived; the pool judges the rest as for any newcomer.
+            if self.pool.add_verified(tx, state).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        n
     }
 
     fn sync(&mut self) -> Result<(), sled::Error> {
@@ -151,7 +184,11 @@ impl PersistentPool {
         tx: Tx,
         state: &dyn AccountState,
     ) -> Result<Result<Added, AddError>, sled::Error> {
+        let sender = tx.from;
         let r = self.pool.add(tx, state);
+        if r.is_ok() {
+            self.promote(&sender, state);
+        }
         self.sync()?;
         Ok(r)
     }
@@ -181,17 +218,32 @@ impl PersistentPool {
             state,
             seen: Default::default(),
         };
-        let r = txs
-            .into_iter()
-            .map(|tx| {
-                if sigs_verified {
-                    self.pool.add_verified(tx, &state)
-                } else {
-                    self.pool.add(tx, &state)
+        let now = self.tips;
+        let window = self.pool.config().max_per_sender as u64;
+        let mut results = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let sender = tx.from;
+            let r = if sigs_verified {
+                self.pool.add_verified(tx.clone(), &state)
+            } else {
+                self.pool.add(tx.clone(), &state)
+            };
+            match &r {
+                Ok(_) => {
+                    self.promote(&sender, &state);
                 }
-            })
-            .collect();
-        (r, self.take_writes())
+                // Verified, and within the sender's window: its predecessor may still
+                // be on its way.
+                Err(AddError::Invalid(TxError::NonceGap { expected, got }))
+                    if sigs_verified && got - expected < window =>
+                {
+                    self.orphans.insert(tx, now);
+                }
+                Err(_) => {}
+            }
+            results.push(r);
+        }
+        (results, self.take_writes())
     }
 
     pub fn on_new_tip(
@@ -212,6 +264,17 @@ impl PersistentPool {
         state: &dyn AccountState,
     ) -> Writes {
         self.pool.on_new_tip(applied, reverted, state);
+        // A block may carry the nonce an orphan waited for (one this node never saw).
+        let senders: HashSet<Address> = applied
+            .iter()
+            .flat_map(|b| b.txs.iter().map(|t| t.from))
+            .filter(|a| self.orphans.has_sender(a))
+            .collect();
+        for s in senders {
+            self.promote(&s, state);
+        }
+        self.tips += 1;
+        self.orphans.expire(self.tips);
         self.take_writes()
     }
 
@@ -302,6 +365,23 @@ mod tests {
             .collect()
     }
 
+    /// A block carrying `txs` (the pool looks at its transactions only).
+    fn block(txs: &[Tx]) -> chainmesh_proto::Block {
+        chainmesh_proto::Block {
+            header: chainmesh_proto::Header {
+                parent: Hash::ZERO,
+                height: 1,
+                slot: 1,
+                timestamp_ms: 0,
+                tx_root: chainmesh_proto::Block::tx_root(txs),
+                state_root: Hash::ZERO,
+                producer: PublicKey([0; 32]),
+                signature: chainmesh_proto::Signature([0; 64]),
+            },
+            txs: txs.to_vec(),
+        }
+    }
+
     #[test]
     fn many_transactions_share_a_chunk_and_leave_it_as_blocks_include_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -320,25 +400,49 @@ mod tests {
         assert!(added.iter().all(Result::is_ok));
         assert_eq!((tree.len(), stored(&tree)), (1, 40));
         // A block with the first 25: the chunk is rewritten with the 15 left.
-        let block = |txs: &[Tx]| chainmesh_proto::Block {
-            header: chainmesh_proto::Header {
-                parent: Hash::ZERO,
-                height: 1,
-                slot: 1,
-                timestamp_ms: 0,
-                tx_root: chainmesh_proto::Block::tx_root(txs),
-                state_root: Hash::ZERO,
-                producer: PublicKey([0; 32]),
-                signature: chainmesh_proto::Signature([0; 64]),
-            },
-            txs: txs.to_vec(),
-        };
         let after = state_of(&k, 100_000 - 25 * 11, 25);
         p.on_new_tip(&[block(&txs[..25])], &[], &after).unwrap();
         assert_eq!((tree.len(), stored(&tree)), (1, 15));
         let after = state_of(&k, 100_000 - 40 * 11, 40);
         p.on_new_tip(&[block(&txs[25..])], &[], &after).unwrap();
         assert_eq!(tree.len(), 0);
+    }
+
+    #[test]
+    fn peers_transactions_out_of_nonce_order_wait_for_the_gap_to_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Hash::digest(b"persist");
+        let k = Keypair::generate();
+        let state = state_of(&k, 100_000, 0);
+        let tx = |n| Tx::transfer(&k, &chain, PublicKey([1; 32]), 10, 1, n);
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("mempool").unwrap();
+        let mut p =
+            PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
+        // Nonces 2 and 3 arrive from peers before 1 and 0: refused for now, kept aside.
+        let r = p.add_many(vec![tx(3), tx(2)], &state, true).unwrap();
+        assert!(
+            r.iter()
+                .all(|r| matches!(r, Err(AddError::Invalid(TxError::NonceGap { .. }))))
+        );
+        assert_eq!((p.pool().len(), p.orphans()), (0, 2));
+        // Not from a client: an API submission with a gap is refused outright.
+        assert!(p.add_many(vec![tx(5)], &state, false).unwrap()[0].is_err());
+        assert_eq!(p.orphans(), 2);
+        // Far beyond the sender's window: not kept.
+        p.add_many(vec![tx(10_000)], &state, true).unwrap();
+        assert_eq!(p.orphans(), 2);
+        // Nonce 0 arrives; 1 is still missing.
+        p.add_many(vec![tx(0)], &state, true).unwrap();
+        assert_eq!((p.pool().len(), p.orphans()), (1, 2));
+        // A block includes 0 and 1 (1 never reached us): 2 and 3 follow the chain now.
+        let after = state_of(&k, 100_000 - 2 * 11, 2);
+        p.on_new_tip(&[block(&[tx(0), tx(1)])], &[], &after)
+            .unwrap();
+        assert_eq!((p.pool().len(), p.orphans()), (2, 0));
+        assert_eq!(p.pool().next_nonce(&k.public(), 2), 4);
+        // And they are stored like any other pending transaction.
+        assert_eq!(stored(&tree), 2);
     }
 
     #[test]
