@@ -65,6 +65,27 @@ pub enum AddError {
     State(String),
 }
 
+impl AddError {
+    /// A stable, machine-readable name for the reason: the API's error code and the
+    /// metrics' label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AddError::Invalid(TxError::BadSignature) => "bad_signature",
+            AddError::Invalid(TxError::NonceReused { .. }) => "nonce_reused",
+            AddError::Invalid(TxError::NonceGap { .. }) => "nonce_gap",
+            AddError::Invalid(TxError::InsufficientBalance { .. }) => "insufficient_balance",
+            AddError::Invalid(TxError::FeeTooLow { .. }) => "fee_too_low",
+            AddError::Invalid(_) => "invalid_tx",
+            AddError::AlreadyKnown => "already_known",
+            AddError::TooLarge { .. } => "too_large",
+            AddError::ReplacementUnderpriced { .. } => "replacement_underpriced",
+            AddError::SenderFull { .. } => "sender_full",
+            AddError::PoolFull { .. } => "pool_full",
+            AddError::State(_) => "state_unreadable",
+        }
+    }
+}
+
 /// Result of a successful [`Pool::add`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
