@@ -5,6 +5,7 @@
 #   scripts/devnet.sh status [--dir D]
 #   scripts/devnet.sh logs I [--dir D]
 #   scripts/devnet.sh down [--dir D] [--clean]
+#   scripts/devnet.sh screenshot [I] [--out FILE] [--dir D]
 #
 # `up` writes the network (keys, one genesis, a config per node: `chainmesh devnet-init`)
 # unless D already holds one, starts every node that is not running, waits until all are
@@ -14,6 +15,8 @@
 # transfers a second from the devnet's funded accounts, spread over every node, for an
 # hour; its report goes to D/loadgen.log). `down` stops exactly the processes `up`
 # started (by the pid files it wrote) and keeps the data unless --clean. Safe to rerun.
+# Every node serves a dashboard at its API address; `screenshot` saves node I's (default
+# 0) as a PNG with headless Chromium ($CHROMIUM, else `chromium`), to D/dashboard.png.
 # The binary: $CHAINMESH_BIN, else target/release/chainmesh, else target/debug/chainmesh,
 # else it is built (cargo build --release --bin chainmesh).
 set -euo pipefail
@@ -28,6 +31,7 @@ base_port=7800
 block_time=1000
 tx_rate=0
 clean=0
+out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --authorities) authorities=$2; shift 2 ;;
@@ -36,6 +40,7 @@ while [ $# -gt 0 ]; do
     --block-time-ms) block_time=$2; shift 2 ;;
     --tx-rate) tx_rate=$2; shift 2 ;;
     --clean) clean=1; shift ;;
+    --out) out=$2; shift 2 ;;
     -*) echo "unknown option: $1" >&2; exit 2 ;;
     *) n=$1; shift ;;
   esac
@@ -109,7 +114,7 @@ up() {
     [ $SECONDS -lt $deadline ] || { echo "no block produced" >&2; exit 1; }
     sleep 0.5
   done
-  echo "devnet up: $(nodes | wc -l) nodes"
+  echo "devnet up: $(nodes | wc -l) nodes (each API address serves a dashboard at /)"
   for d in $(nodes); do echo "  $(basename "$d")  http://$(api_of "$d")  pid $(cat "$d/pid")"; done
   if [[ "$tx_rate" =~ ^[0-9]+$ ]] && [ "$tx_rate" -gt 0 ]; then
     if [ -f "$dir/loadgen.pid" ] && kill -0 "$(cat "$dir/loadgen.pid")" 2>/dev/null; then
@@ -142,7 +147,13 @@ status() {
 
 down() {
   if [ -f "$dir/loadgen.pid" ]; then
-    kill -TERM "$(cat "$dir/loadgen.pid")" 2>/dev/null || true
+    # SIGTERM makes loadgen stop sending, wait a few slots for inclusion and print its
+    # report; it still needs the nodes for that, so they stop after it.
+    local lg t=0
+    lg=$(cat "$dir/loadgen.pid")
+    kill -TERM "$lg" 2>/dev/null || true
+    while kill -0 "$lg" 2>/dev/null && [ $t -lt 300 ]; do sleep 0.1; t=$((t + 1)); done
+    kill -KILL "$lg" 2>/dev/null || true
     rm -f "$dir/loadgen.pid"
   fi
   for d in $(nodes); do
@@ -159,10 +170,28 @@ down() {
   if [ "$clean" = 1 ]; then rm -rf "$dir"; echo "devnet removed ($dir)"; else echo "devnet stopped (data kept in $dir)"; fi
 }
 
+screenshot() {
+  local i=${n:-0} browser=${CHROMIUM:-chromium}
+  local file=${out:-$dir/dashboard.png}
+  [ -d "$dir/n$i" ] || { echo "no node n$i in $dir" >&2; exit 1; }
+  command -v "$browser" >/dev/null || { echo "no $browser: apt-get install chromium, or set CHROMIUM" >&2; exit 1; }
+  local profile
+  profile=$(mktemp -d)
+  # Virtual time stands still while the page's requests are in flight: 3 s of it is a
+  # first render plus a refresh.
+  "$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
+    --user-data-dir="$profile" --window-size=1280,900 --virtual-time-budget=3000 \
+    --screenshot="$file" "http://$(api_of "$dir/n$i")/" >/dev/null 2>&1
+  rm -rf "$profile"
+  [ -s "$file" ] || { echo "no screenshot written" >&2; exit 1; }
+  echo "wrote $file"
+}
+
 case "$cmd" in
   up) up ;;
+  screenshot) screenshot ;;
   status) status ;;
   logs) [ -n "$n" ] || { echo "usage: devnet.sh logs I" >&2; exit 2; }; tail -f "$dir/n$n/node.log" ;;
   down) down ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

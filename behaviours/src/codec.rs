@@ -11,6 +11,8 @@
 
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chainmesh_proto::codec::{read_frame, write_frame};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -24,17 +26,40 @@ pub struct Malformed(pub String);
 /// An inbound request: the message, or why the bytes were not one.
 pub type Inbound<T> = Result<T, Malformed>;
 
+/// Bytes of one protocol's frames (length prefix included) read and written, shared by
+/// every stream's codec: the node reports them per protocol, which the transport-level
+/// counters cannot.
+#[derive(Clone, Default, Debug)]
+pub struct WireMeter(Arc<[AtomicU64; 2]>);
+
+impl WireMeter {
+    pub fn bytes_in(&self) -> u64 {
+        self.0[0].load(Ordering::Relaxed)
+    }
+    pub fn bytes_out(&self) -> u64 {
+        self.0[1].load(Ordering::Relaxed)
+    }
+    fn add_in(&self, n: usize) {
+        self.0[0].fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn add_out(&self, n: usize) {
+        self.0[1].fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 pub struct ProtoCodec<Req, Resp> {
     max_request: usize,
     max_response: usize,
+    meter: WireMeter,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
 impl<Req, Resp> ProtoCodec<Req, Resp> {
-    pub fn new(max_request: usize, max_response: usize) -> Self {
+    pub fn new(max_request: usize, max_response: usize, meter: WireMeter) -> Self {
         ProtoCodec {
             max_request,
             max_response,
+            meter,
             _types: PhantomData,
         }
     }
@@ -42,8 +67,19 @@ impl<Req, Resp> ProtoCodec<Req, Resp> {
 
 impl<Req, Resp> Clone for ProtoCodec<Req, Resp> {
     fn clone(&self) -> Self {
-        Self::new(self.max_request, self.max_response)
+        Self::new(self.max_request, self.max_response, self.meter.clone())
     }
+}
+
+/// A frame's size on the wire: the body and its varint length prefix.
+fn framed(len: usize) -> usize {
+    let mut prefix = 1;
+    let mut rest = len >> 7;
+    while rest > 0 {
+        prefix += 1;
+        rest >>= 7;
+    }
+    len + prefix
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -53,8 +89,10 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 async fn read_msg<M: Message + Default, T: AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
+    meter: &WireMeter,
 ) -> io::Result<M> {
     let frame = read_frame(io, max).await.map_err(invalid)?;
+    meter.add_in(framed(frame.len()));
     M::decode(frame.as_slice()).map_err(invalid)
 }
 
@@ -62,10 +100,11 @@ async fn write_msg<M: Message, T: AsyncWrite + Unpin + Send>(
     io: &mut T,
     msg: &M,
     max: usize,
+    meter: &WireMeter,
 ) -> io::Result<()> {
-    write_frame(io, &msg.encode_to_vec(), max)
-        .await
-        .map_err(invalid)?;
+    let body = msg.encode_to_vec();
+    write_frame(io, &body, max).await.map_err(invalid)?;
+    meter.add_out(framed(body.len()));
     io.close().await
 }
 
@@ -82,7 +121,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        match read_msg(io, self.max_request).await {
+        match read_msg(io, self.max_request, &self.meter).await {
             Ok(m) => Ok(Ok(m)),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Err(Malformed(e.to_string()))),
             Err(e) => Err(e),
@@ -93,7 +132,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_msg(io, self.max_response).await
+        read_msg(io, self.max_response, &self.meter).await
     }
 
     async fn write_request<T>(
@@ -106,7 +145,7 @@ where
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            Ok(m) => write_msg(io, &m, self.max_request).await,
+            Ok(m) => write_msg(io, &m, self.max_request, &self.meter).await,
             Err(Malformed(why)) => Err(invalid(format!(
                 "refusing to send a malformed request: {why}"
             ))),
@@ -122,7 +161,7 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_msg(io, &res, self.max_response).await
+        write_msg(io, &res, self.max_response, &self.meter).await
     }
 }
 
@@ -145,7 +184,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_caps() {
-        let mut c = ProtoCodec::<Status, Status>::new(64, 64);
+        let meter = WireMeter::default();
+        let mut c = ProtoCodec::<Status, Status>::new(64, 64, meter.clone());
         let p = protocol_name("devnet", "status", 1);
         assert_eq!(p.as_ref(), "/chainmesh/devnet/status/1");
         let msg = Status {
@@ -157,6 +197,11 @@ mod tests {
         block_on(c.write_request(&p, &mut buf, Ok(msg.clone()))).unwrap();
         buf.set_position(0);
         assert_eq!(block_on(c.read_request(&p, &mut buf)).unwrap(), Ok(msg));
+        // Both directions counted the whole frame, prefix included.
+        let wire = buf.get_ref().len() as u64;
+        assert_eq!((meter.bytes_out(), meter.bytes_in()), (wire, wire));
+        assert_eq!(framed(127), 128);
+        assert_eq!(framed(128), 130);
 
         let big = Status {
             agent: "x".repeat(100),

@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_mempool::AddError;
-use chainmesh_proto::{Address, Block, Hash, Tx, TxError};
+use chainmesh_proto::{Address, Block, Hash, Tx};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,6 +37,8 @@ pub struct ApiState {
     /// The mempool, read for its size: peers' transactions enter it outside the chain
     /// task, which publishes the rest of the status.
     pub pool: crate::pool::SharedPool,
+    /// The last minutes, for the dashboard's charts.
+    pub history: crate::history::History,
 }
 
 pub struct ApiError {
@@ -88,32 +90,17 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Storage(_) => Self::internal(msg),
             SubmitError::Rejected(r) => {
-                let (status, code) = match r {
-                    AddError::Invalid(TxError::BadSignature) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature")
+                let status = match r {
+                    AddError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    AddError::AlreadyKnown | AddError::ReplacementUnderpriced { .. } => {
+                        StatusCode::CONFLICT
                     }
-                    AddError::Invalid(TxError::NonceReused { .. }) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "nonce_reused")
-                    }
-                    AddError::Invalid(TxError::NonceGap { .. }) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "nonce_gap")
-                    }
-                    AddError::Invalid(TxError::InsufficientBalance { .. }) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_balance")
-                    }
-                    AddError::Invalid(TxError::FeeTooLow { .. }) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "fee_too_low")
-                    }
-                    AddError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_tx"),
-                    AddError::AlreadyKnown => (StatusCode::CONFLICT, "already_known"),
-                    AddError::ReplacementUnderpriced { .. } => {
-                        (StatusCode::CONFLICT, "replacement_underpriced")
-                    }
-                    AddError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-                    AddError::SenderFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "sender_full"),
-                    AddError::PoolFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "pool_full"),
+                    AddError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    AddError::SenderFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                    AddError::PoolFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
                     AddError::State(_) => return Self::internal(msg),
                 };
+                let code = r.code();
                 Self::new(status, code, msg)
             }
         }
@@ -124,6 +111,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(state: ApiState, max_body: usize) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/history", get(history))
         .route("/status", get(status))
         .route("/peers", get(peers))
         .route("/net", get(net_stats))
@@ -177,6 +166,27 @@ async fn peers(State(st): State<ApiState>) -> ApiResult<Vec<PeerView>> {
         }
         _ => Err(ApiError::busy()),
     }
+}
+
+/// The dashboard: one static page that reads the API from the browser.
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+            // The page loads nothing from elsewhere, and may not.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; \
+                 style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+}
+
+async fn history(State(st): State<ApiState>) -> Json<Vec<crate::history::Sample>> {
+    Json(st.history.samples())
 }
 
 /// Prometheus text exposition format.

@@ -352,6 +352,9 @@ impl ChainService {
     fn add_tx(&mut self, tx: Tx, wrote: &mut bool) -> Result<Hash, SubmitError> {
         let state = PoolState(self.store.account_reader());
         let added = self.pool.lock().add(tx, &state);
+        if let Ok(r) = &added {
+            self.pool.metrics().admitted("api", r);
+        }
         match added {
             Ok(Ok(added)) => {
                 *wrote = true;
@@ -399,7 +402,7 @@ impl ChainService {
         let hash = built.block.hash();
         let block = built.block.clone();
         if let ImportOutcome::NewTip { tip, .. } =
-            self.import_block_with(built.block, SigCheck::AlreadyVerified)?
+            self.import_block_with(built.block, SigCheck::AlreadyVerified, "produced")?
         {
             tracing::info!(height = tip.height, slot, txs, hash = %hash, "produced block");
             // Announced once durable: a producer that crashed with its block announced
@@ -413,13 +416,14 @@ impl ChainService {
     /// transactions leave it, those of blocks a reorg abandoned return. The new tip is
     /// reported after the next flush.
     pub fn import_block(&mut self, block: chainmesh_proto::Block) -> anyhow::Result<ImportOutcome> {
-        self.import_block_with(block, SigCheck::Verify)
+        self.import_block_with(block, SigCheck::Verify, "peers")
     }
 
     fn import_block_with(
         &mut self,
         block: chainmesh_proto::Block,
         sig: SigCheck,
+        source: &'static str,
     ) -> anyhow::Result<ImportOutcome> {
         let hash = block.hash();
         let outcome = self.store.import_with(block, now_ms(), sig)?;
@@ -430,6 +434,9 @@ impl ChainService {
             applied, reverted, ..
         } = &outcome
         {
+            self.pool
+                .metrics()
+                .imported(source, applied, reverted.len());
             self.after_new_tip(applied, reverted)?;
         }
         Ok(outcome)
@@ -536,6 +543,9 @@ impl ChainService {
         for b in &applied {
             tracing::trace!(target: "chainmesh::seen", block = %b.hash(), "block");
         }
+        self.pool
+            .metrics()
+            .imported("peers", &applied, reverted.len());
         if let Err(e) = self.after_new_tip(&applied, &reverted) {
             tracing::error!(error = %e, "storing synced blocks failed");
             return ImportResult::Failed {

@@ -5,9 +5,12 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod devnet;
+pub mod history;
 pub mod loadgen;
+pub mod metrics;
 pub mod p2p;
 pub mod pool;
+pub mod progress;
 pub mod setup;
 
 use std::net::SocketAddr;
@@ -202,8 +205,9 @@ fn init_logging(format: LogFormat, level: &str) {
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal());
+    progress::enable_on_terminal(matches!(format, LogFormat::Human));
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -482,6 +486,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
     let rt = runtime()?;
     let served = rt.block_on(async {
         let mut registry = prometheus_client::registry::Registry::default();
+        pool.metrics().register(&mut registry);
         let net = p2p::start(
             p2p::NetworkParams {
                 cfg: cfg.p2p.clone(),
@@ -503,6 +508,13 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
         std::fs::write(&addr_file, format!("{bound}\n"))
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         tracing::info!(api = %format!("http://{bound}"), "API listening");
+        tokio::spawn(progress::run(net.sync.clone(), status.clone()));
+        let history = history::History::default();
+        tokio::spawn(
+            history
+                .clone()
+                .run(status.clone(), net.sync.clone(), pool.clone()),
+        );
         let state = api::ApiState {
             commands: cmd_tx,
             status,
@@ -512,6 +524,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
             sync: net.sync,
             metrics: std::sync::Arc::new(registry),
             pool,
+            history,
         };
         axum::serve(listener, api::router(state, cfg.api.max_body_bytes))
             .with_graceful_shutdown(shutdown_signal())

@@ -44,10 +44,23 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Submitted transactions followed for inclusion at most.
 const MAX_TRACKED: usize = 1_000_000;
 
+/// The API's error code in a client error (`... answered 422 ... (nonce_gap): ...`), or
+/// the error itself when the node gave none (unreachable, timed out).
+fn reason_of(error: &str) -> String {
+    error
+        .split_once(" (")
+        .and_then(|(_, rest)| rest.split_once("): "))
+        .map(|(code, _)| code)
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .unwrap_or(error)
+        .to_string()
+}
+
 #[derive(Default)]
 struct Tally {
     accepted: u64,
-    rejected: BTreeMap<String, u64>,
+    /// By reason (the API's error code, or the error): how many, and the first message.
+    rejected: BTreeMap<String, (u64, String)>,
     pending: HashMap<Hash, u64>,
     included_ms: Vec<u64>,
 }
@@ -143,8 +156,11 @@ pub async fn run(a: LoadgenArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    let reason = why.rsplit(": ").next().unwrap_or(&why).to_string();
-                    *t.rejected.entry(reason).or_default() += 1;
+                    let entry = t
+                        .rejected
+                        .entry(reason_of(&why))
+                        .or_insert_with(|| (0, why.clone()));
+                    entry.0 += 1;
                     if let Ok(mut r) = refetch.lock() {
                         r.push(i);
                     }
@@ -179,10 +195,11 @@ pub async fn run(a: LoadgenArgs) -> anyhow::Result<()> {
         sent as f64 / elapsed.as_secs_f64()
     );
     println!("accepted       {}", t.accepted);
-    let rejected: u64 = t.rejected.values().sum();
+    let rejected: u64 = t.rejected.values().map(|(n, _)| n).sum();
     println!("rejected       {rejected}");
-    for (why, n) in &t.rejected {
-        println!("  {n:>8}  {why}");
+    for (reason, (n, first)) in &t.rejected {
+        let detail = first.rsplit(": ").next().unwrap_or(first);
+        println!("  {n:>8}  {reason} (e.g. {detail})");
     }
     println!(
         "included       {} (not yet: {})",
@@ -234,5 +251,19 @@ async fn watch_blocks(c: Client, from: u64, tally: Arc<Mutex<Tally>>) {
             next += 1;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_of;
+
+    #[test]
+    fn refusals_group_by_the_api_error_code() {
+        let gap = "submit: the node answered 422 Unprocessable Entity (nonce_gap): nonce gap: \
+                   the next acceptable nonce is 7, transaction has 9";
+        assert_eq!(reason_of(gap), "nonce_gap");
+        let down = "cannot reach the node API at http://127.0.0.1:7803";
+        assert_eq!(reason_of(down), down);
     }
 }

@@ -15,19 +15,32 @@ use chainmesh_chain_sync::store::{AccountsTree, StoreReader};
 use chainmesh_mempool::{AccountState, AddError, Added, PersistentPool, Pool};
 use chainmesh_proto::{Account, Address};
 
+use crate::metrics::ChainMetrics;
+
 #[derive(Clone)]
-pub struct SharedPool(Arc<Mutex<PersistentPool>>);
+pub struct SharedPool {
+    pool: Arc<Mutex<PersistentPool>>,
+    /// The chain's and the pool's counters: whoever holds the pool counts through it.
+    metrics: ChainMetrics,
+}
 
 impl SharedPool {
     pub fn new(pool: PersistentPool) -> Self {
-        SharedPool(Arc::new(Mutex::new(pool)))
+        SharedPool {
+            pool: Arc::new(Mutex::new(pool)),
+            metrics: ChainMetrics::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &ChainMetrics {
+        &self.metrics
     }
 
     /// The pool, for one short step. A panic while it was held leaves a pool whose
     /// every operation completed or did not start (they are not interleaved), so it is
     /// used as it is rather than poisoning the node.
     pub fn lock(&self) -> MutexGuard<'_, PersistentPool> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds peers' transactions whose signatures were verified, outside the chain task
@@ -41,6 +54,9 @@ impl SharedPool {
         let (results, writes) = self
             .lock()
             .add_many_unwritten(txs, &ReaderState(reader), true);
+        for r in &results {
+            self.metrics.admitted("peer", r);
+        }
         for added in results.iter().flatten() {
             // First sight of a transaction, for latency measurements across nodes.
             tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");

@@ -207,6 +207,24 @@ impl Node {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// One sample of `/metrics` (a histogram's count of observations), if present.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = self.get_text("/metrics");
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("the /metrics text parses");
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(b) => b.last().map_or(0.0, |b| b.count),
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            })
+    }
+
     pub fn status(&self) -> Value {
         self.get("/status")
     }

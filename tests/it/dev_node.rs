@@ -117,7 +117,20 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
     let dir = tempfile::tempdir().unwrap();
     let node = crate::common::Node::start_dev(dir.path(), 500);
     crate::common::wait_until(20, "a block", || node.height() >= 1);
-    // The first refresh of our families happens within a second of start.
+    // One transfer accepted and included, one refused (its nonce is taken).
+    let (alice, bob) = (node.key("alice"), node.key("bob"));
+    let chain = node.genesis_hash();
+    let nonce = node.account(&alice.public())["next_nonce"]
+        .as_u64()
+        .unwrap();
+    let tx = Tx::transfer(&alice, &chain, bob.public(), 5, 1, nonce);
+    assert_eq!(node.post_tx(&tx).0, 202);
+    let again = Tx::transfer(&alice, &chain, bob.public(), 6, 1, nonce);
+    assert_eq!(node.post_tx(&again).0, 409);
+    crate::common::wait_until(20, "the transfer in a block", || {
+        node.get(&format!("/txs/{}", tx.id()))["status"] == "included"
+    });
+    // The network's families are refreshed once a second.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let text = node.get_text("/metrics");
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
@@ -129,12 +142,21 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
         "chainmesh_syncing",
         "chainmesh_mempool_txs",
         "chainmesh_mempool_bytes",
+        "chainmesh_mempool_orphans",
         "chainmesh_peers",
         "chainmesh_peer_scores",
         "chainmesh_gossip_messages",
         "chainmesh_pool_sync_txs_added",
         "chainmesh_relay_circuits",
         "chainmesh_admissions",
+        "chainmesh_blocks_imported",
+        "chainmesh_block_txs_imported",
+        "chainmesh_reorgs",
+        "chainmesh_reorg_depth_blocks",
+        "chainmesh_mempool_admissions",
+        "chainmesh_protocol_bytes",
+        "chainmesh_request_duration_seconds",
+        "chainmesh_request_failures",
         "libp2p_swarm_dial_attempt",
         "libp2p_identify_errors",
         "libp2p_ping_rtt_seconds",
@@ -156,4 +178,23 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
         })
         .expect("a chainmesh_height sample");
     assert!(height >= 1.0, "height {height}");
+    let sample = |name: &str, labels: &[(&str, &str)]| node.metric(name, labels);
+    let admitted = |result| {
+        sample(
+            "chainmesh_mempool_admissions_total",
+            &[("source", "api"), ("result", result)],
+        )
+    };
+    assert_eq!(admitted("accepted"), Some(1.0), "{text}");
+    assert_eq!(
+        admitted("already_known").or(admitted("replacement_underpriced")),
+        Some(1.0)
+    );
+    let produced = sample("chainmesh_blocks_imported_total", &[("source", "produced")]);
+    assert!(
+        produced.is_some_and(|n| n >= height),
+        "produced {produced:?}, height {height}"
+    );
+    let txs = sample("chainmesh_block_txs_imported_total", &[]);
+    assert_eq!(txs, Some(1.0));
 }

@@ -81,8 +81,8 @@ fn a_peer_serving_bad_signatures_is_banned_and_sync_completes_from_an_honest_one
         std::thread::spawn(move || {
             runtime().block_on(async move {
                 let mut liar = attacker(|_| Liar {
-                    status: status::new("liartest", Duration::from_secs(10)),
-                    sync: sync::new("liartest", Duration::from_secs(10)),
+                    status: status::new("liartest", Duration::from_secs(10), Default::default()),
+                    sync: sync::new("liartest", Duration::from_secs(10), Default::default()),
                 });
                 liar.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
                     .unwrap();

@@ -4,6 +4,7 @@
 mod chains;
 mod common;
 mod crash;
+mod dashboard;
 mod dev_node;
 mod devnet;
 mod forks;

@@ -392,7 +392,7 @@ fn a_relay_reserves_only_for_peers_with_a_fresh_unused_proof_of_work() {
             .unwrap()
             .with_behaviour(|_, relay| Client {
                 relay,
-                admission: admission::new(false, Duration::from_secs(10)),
+                admission: admission::new(false, Duration::from_secs(10), Default::default()),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

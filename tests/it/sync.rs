@@ -57,6 +57,32 @@ fn empty_node_syncs_5000_blocks_from_one_peer() {
         dest.status()["tip"] == target
     });
     assert_eq!(height(&dest), 5_000);
+    // Per-protocol bytes and request latencies count the sync (refreshed every second).
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let sync_in = dest.metric(
+        "chainmesh_protocol_bytes_total",
+        &[("protocol", "sync"), ("direction", "in")],
+    );
+    let sync_out = src.metric(
+        "chainmesh_protocol_bytes_total",
+        &[("protocol", "sync"), ("direction", "out")],
+    );
+    assert!(sync_in.is_some_and(|b| b > 5_000.0 * 100.0), "{sync_in:?}");
+    assert!(
+        sync_out >= sync_in,
+        "{sync_out:?} served, {sync_in:?} received"
+    );
+    let answered = dest.metric("chainmesh_request_duration_seconds", &[("request", "sync")]);
+    assert!(
+        answered.is_some_and(|n| n >= 5.0),
+        "{answered:?} sync answers"
+    );
+    let imported = dest.metric("chainmesh_blocks_imported_total", &[("source", "peers")]);
+    assert_eq!(imported, Some(5_000.0));
+    // Off a terminal: log lines, no bar.
+    let log = dest.log();
+    assert!(log.contains("sync complete"), "{}", dest.log_tail());
+    assert!(!log.contains("ETA"), "a progress bar in a log file");
     src.kill9();
     dest.kill9();
     let (a, b) = (
@@ -191,4 +217,65 @@ fn nodes_sync_over_quic() {
             .unwrap()
             .contains("/quic-v1")
     );
+}
+
+#[test]
+fn a_terminal_shows_a_progress_bar_while_the_node_syncs() {
+    use std::os::unix::process::CommandExt;
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("bartest", 6_000);
+    let homes = sources(&net, root.path(), 5_000, 0);
+    let src = Node::start_run(&homes[0], &[]);
+    let dest_home = net.node_home(&root.path().join("dest"));
+    // `script` (util-linux) gives the node a pseudo-terminal and copies what it draws.
+    let screen = dest_home.join("screen.txt");
+    let cmd = format!(
+        "{} run --config {} --peer {}",
+        crate::common::BIN,
+        dest_home.join("config.toml").display(),
+        src.p2p_addr()
+    );
+    let mut term = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&screen).unwrap())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("script (util-linux) runs the node in a pseudo-terminal");
+    let target = src.status()["tip"].clone();
+    let api_file = dest_home.join("data/api.addr");
+    let http = reqwest::blocking::Client::new();
+    let synced = || -> bool {
+        let Ok(a) = std::fs::read_to_string(&api_file) else {
+            return false;
+        };
+        http.get(format!("http://{}/status", a.trim()))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .is_ok_and(|s| s["tip"] == target)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !synced() {
+        assert!(std::time::Instant::now() < deadline, "no sync in 240 s");
+        assert!(term.try_wait().unwrap().is_none(), "the node stopped");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", term.id())])
+        .status();
+    let _ = term.wait();
+    let drawn = std::fs::read_to_string(&screen).unwrap_or_default();
+    assert!(
+        drawn.contains("syncing [") && drawn.contains("/5000 blocks") && drawn.contains("ETA"),
+        "no progress bar on the terminal:\n{drawn}"
+    );
+    // The bar replaces the progress lines; other logs still show, and the end of sync.
+    assert!(
+        !drawn.contains("target=5000"),
+        "progress lines beside the bar"
+    );
+    assert!(drawn.contains("sync complete"), "{drawn}");
 }

@@ -13,7 +13,7 @@ use chainmesh_proto::pb_net;
 use libp2p::StreamProtocol;
 use libp2p::request_response::{self, ProtocolSupport};
 
-use crate::codec::{Inbound, ProtoCodec};
+use crate::codec::{Inbound, ProtoCodec, WireMeter};
 pub use pow::{Challenge, Gate, GateConfig, NONCE_BYTES, Refusal};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chainmesh/admission/1");
@@ -24,14 +24,14 @@ pub type Event =
     request_response::Event<Inbound<pb_net::AdmissionRequest>, pb_net::AdmissionResponse>;
 
 /// `serve`: answer challenges (a gate); every node can be a client.
-pub fn new(serve: bool, timeout: Duration) -> Behaviour {
+pub fn new(serve: bool, timeout: Duration, meter: WireMeter) -> Behaviour {
     let support = if serve {
         ProtocolSupport::Full
     } else {
         ProtocolSupport::Outbound
     };
     request_response::Behaviour::with_codec(
-        Codec::new(MAX_ADMISSION_BYTES, MAX_ADMISSION_BYTES),
+        Codec::new(MAX_ADMISSION_BYTES, MAX_ADMISSION_BYTES, meter),
         [(PROTOCOL, support)],
         request_response::Config::default()
             .with_request_timeout(timeout)

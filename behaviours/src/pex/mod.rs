@@ -12,15 +12,15 @@ use chainmesh_proto::wire::WireError;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::{Multiaddr, PeerId};
 
-use crate::codec::{Inbound, ProtoCodec, protocol_name};
+use crate::codec::{Inbound, ProtoCodec, WireMeter, protocol_name};
 
 pub type Codec = ProtoCodec<pb_net::GetPeers, pb_net::Peers>;
 pub type Behaviour = request_response::Behaviour<Codec>;
 pub type Event = request_response::Event<Inbound<pb_net::GetPeers>, pb_net::Peers>;
 
-pub fn new(network_id: &str, timeout: Duration) -> Behaviour {
+pub fn new(network_id: &str, timeout: Duration, meter: WireMeter) -> Behaviour {
     request_response::Behaviour::with_codec(
-        Codec::new(MAX_PEX_REQUEST_BYTES, MAX_PEX_RESPONSE_BYTES),
+        Codec::new(MAX_PEX_REQUEST_BYTES, MAX_PEX_RESPONSE_BYTES, meter),
         [(protocol_name(network_id, "pex", 1), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(timeout)

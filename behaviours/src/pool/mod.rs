@@ -12,7 +12,7 @@ use chainmesh_proto::wire::{WireError, hash_field};
 use chainmesh_proto::{Hash, pb_net};
 use libp2p::request_response::{self, ProtocolSupport};
 
-use crate::codec::{Inbound, ProtoCodec, protocol_name};
+use crate::codec::{Inbound, ProtoCodec, WireMeter, protocol_name};
 
 /// Longest a server holds a permit before answering with nothing new.
 pub const HOLD: Duration = Duration::from_secs(5);
@@ -21,9 +21,9 @@ pub type Codec = ProtoCodec<pb_net::PoolPermit, pb_net::PoolEntries>;
 pub type Behaviour = request_response::Behaviour<Codec>;
 pub type Event = request_response::Event<Inbound<pb_net::PoolPermit>, pb_net::PoolEntries>;
 
-pub fn new(network_id: &str, timeout: Duration) -> Behaviour {
+pub fn new(network_id: &str, timeout: Duration, meter: WireMeter) -> Behaviour {
     request_response::Behaviour::with_codec(
-        Codec::new(MAX_POOL_PERMIT_BYTES, MAX_POOL_ENTRIES_BYTES),
+        Codec::new(MAX_POOL_PERMIT_BYTES, MAX_POOL_ENTRIES_BYTES, meter),
         [(protocol_name(network_id, "pool", 1), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(HOLD + timeout)

@@ -14,7 +14,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 
 pub use messages::{ChainStatus, Incompatible, ServeLimit, check_compatible};
 
-use crate::codec::{Inbound, ProtoCodec, protocol_name};
+use crate::codec::{Inbound, ProtoCodec, WireMeter, protocol_name};
 
 /// The version of our protocol suite this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -23,9 +23,9 @@ pub type Codec = ProtoCodec<pb_net::Status, pb_net::Status>;
 pub type Behaviour = request_response::Behaviour<Codec>;
 pub type Event = request_response::Event<Inbound<pb_net::Status>, pb_net::Status>;
 
-pub fn new(network_id: &str, timeout: Duration) -> Behaviour {
+pub fn new(network_id: &str, timeout: Duration, meter: WireMeter) -> Behaviour {
     request_response::Behaviour::with_codec(
-        Codec::new(MAX_STATUS_BYTES, MAX_STATUS_BYTES),
+        Codec::new(MAX_STATUS_BYTES, MAX_STATUS_BYTES, meter),
         [(
             protocol_name(network_id, "status", 1),
             ProtocolSupport::Full,

@@ -231,6 +231,14 @@ impl Net {
             self.fault(source, Fault::InvalidMessage, why);
             return;
         }
+        // Peers forward only blocks they validated and hold: the sender's tip is at least
+        // this high (what `/peers` and the dashboard show between status rounds).
+        if let Some(st) = self.peers.get_mut(&source).and_then(|p| p.status.as_mut())
+            && cb.header.height > st.best_height
+        {
+            st.best_height = cb.header.height;
+            st.best_hash = hash;
+        }
         let (known, parent_known) = (
             self.reader.block(&hash).ok().flatten().is_some(),
             self.reader

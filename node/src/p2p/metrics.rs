@@ -4,10 +4,14 @@
 //! node nothing but the encoding. Counters follow our running totals (`inc_by` the
 //! difference), gauges are set.
 
+use std::time::Duration;
+
+use chainmesh_behaviours::codec::WireMeter;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::NetStats;
@@ -29,13 +33,75 @@ pub struct Verdict {
     pub verdict: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolDirection {
+    pub protocol: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Request {
+    pub request: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestFailure {
+    pub request: &'static str,
+    /// `timeout` or `error`.
+    pub reason: &'static str,
+}
+
+/// The byte meters of our request-response protocols, one per protocol.
+#[derive(Clone, Default)]
+pub struct WireMeters {
+    pub status: WireMeter,
+    pub sync: WireMeter,
+    pub pool: WireMeter,
+    pub pex: WireMeter,
+    pub admission: WireMeter,
+}
+
+impl WireMeters {
+    fn each(&self) -> [(&'static str, &WireMeter); 5] {
+        [
+            ("status", &self.status),
+            ("sync", &self.sync),
+            ("pool", &self.pool),
+            ("pex", &self.pex),
+            ("admission", &self.admission),
+        ]
+    }
+}
+
+/// The kinds of our sync-protocol requests (see `Outbound::kind`).
+pub const REQUEST_KINDS: [&str; 4] = ["sync", "relay_txs", "relay_block", "pull_txs"];
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Latency histograms, one per request kind.
+struct Latencies(Family<Request, Histogram, fn() -> Histogram>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies(Family::new_with_constructor(latency_histogram))
+    }
+}
+
 #[derive(Default)]
 pub struct NodeMetrics {
+    pub wire: WireMeters,
+    protocol_bytes: Family<ProtocolDirection, Counter>,
+    request_seconds: Latencies,
+    request_failures: Family<RequestFailure, Counter>,
     height: Gauge,
     sync_target: Gauge,
     syncing: Gauge,
     mempool_txs: Gauge,
     mempool_bytes: Gauge,
+    mempool_orphans: Gauge,
     peers: Family<Direction, Gauge>,
     peer_scores: Family<Band, Gauge>,
     gossip: Family<Verdict, Counter>,
@@ -52,6 +118,7 @@ pub struct Snapshot<'a> {
     pub syncing: bool,
     pub mempool_txs: usize,
     pub mempool_bytes: usize,
+    pub mempool_orphans: usize,
     pub inbound: usize,
     pub outbound: usize,
     /// Our score of each connected peer.
@@ -75,6 +142,11 @@ impl NodeMetrics {
             "mempool_bytes",
             "Encoded bytes of pending transactions",
             m.mempool_bytes.clone(),
+        );
+        r.register(
+            "mempool_orphans",
+            "Peers' transactions waiting for their sender's previous nonce",
+            m.mempool_orphans.clone(),
         );
         r.register("peers", "Connected peers by direction", m.peers.clone());
         r.register(
@@ -102,7 +174,49 @@ impl NodeMetrics {
             "Admission proofs checked, by verdict",
             m.admissions.clone(),
         );
+        r.register_with_unit(
+            "protocol",
+            "Bytes of our request-response protocols' frames, by protocol and direction \
+             (gossipsub's are in gossipsub_*, the transport's in libp2p_swarm_bandwidth)",
+            prometheus_client::registry::Unit::Bytes,
+            m.protocol_bytes.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time to the answer of our sync-protocol requests, by kind",
+            prometheus_client::registry::Unit::Seconds,
+            m.request_seconds.0.clone(),
+        );
+        r.register(
+            "request_failures",
+            "Our sync-protocol requests that failed, by kind and reason",
+            m.request_failures.clone(),
+        );
+        // Every series from the start, at zero: a rate over a series that appears late
+        // misses its first increments.
+        for request in REQUEST_KINDS {
+            let _ = m.request_seconds.0.get_or_create(&Request { request });
+            for reason in ["timeout", "error"] {
+                let _ = m
+                    .request_failures
+                    .get_or_create(&RequestFailure { request, reason });
+            }
+        }
         m
+    }
+
+    pub fn answered(&self, request: &'static str, took: Duration) {
+        self.request_seconds
+            .0
+            .get_or_create(&Request { request })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, request: &'static str, timed_out: bool) {
+        let reason = if timed_out { "timeout" } else { "error" };
+        self.request_failures
+            .get_or_create(&RequestFailure { request, reason })
+            .inc();
     }
 
     pub fn update(&self, s: &Snapshot) {
@@ -111,6 +225,7 @@ impl NodeMetrics {
         self.syncing.set(i64::from(s.syncing));
         self.mempool_txs.set(s.mempool_txs as i64);
         self.mempool_bytes.set(s.mempool_bytes as i64);
+        self.mempool_orphans.set(s.mempool_orphans as i64);
         for (d, n) in [("inbound", s.inbound), ("outbound", s.outbound)] {
             self.peers
                 .get_or_create(&Direction { direction: d })
@@ -127,7 +242,7 @@ impl NodeMetrics {
                 .set(n as i64);
         }
         let st = s.stats;
-        let totals = [
+        let totals: Vec<u64> = [
             st.tx_accepted,
             st.tx_rejected,
             st.tx_ignored,
@@ -138,7 +253,15 @@ impl NodeMetrics {
             st.relay_circuits_accepted,
             st.admissions_granted,
             st.admissions_refused,
-        ];
+        ]
+        .into_iter()
+        .chain(
+            self.wire
+                .each()
+                .iter()
+                .flat_map(|(_, m)| [m.bytes_in(), m.bytes_out()]),
+        )
+        .collect::<Vec<u64>>();
         let Ok(mut seen) = self.seen.lock() else {
             return;
         };
@@ -164,5 +287,14 @@ impl NodeMetrics {
             9,
             &self.admissions.get_or_create(&v("admission", "refused")),
         );
+        for (i, (protocol, _)) in self.wire.each().into_iter().enumerate() {
+            for (j, direction) in ["in", "out"].into_iter().enumerate() {
+                let c = self.protocol_bytes.get_or_create(&ProtocolDirection {
+                    protocol,
+                    direction,
+                });
+                step(10 + 2 * i + j, &c);
+            }
+        }
     }
 }

@@ -233,6 +233,18 @@ enum Outbound {
     PullTxs { asked: Vec<Hash> },
 }
 
+impl Outbound {
+    /// The request's kind, as the latency metrics label it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Outbound::Sync(_) => "sync",
+            Outbound::RelayTxs(_) => "relay_txs",
+            Outbound::RelayBlock(_) => "relay_block",
+            Outbound::PullTxs { .. } => "pull_txs",
+        }
+    }
+}
+
 struct Deferred {
     peer: PeerId,
     req: Request,
@@ -302,7 +314,8 @@ struct Net {
     syncer: Syncer<PeerId>,
     scores: PeerScores<PeerId>,
     peers: HashMap<PeerId, PeerEntry>,
-    outbound: HashMap<OutboundRequestId, Outbound>,
+    /// Requests in flight on the sync protocol, with when they were sent.
+    outbound: HashMap<OutboundRequestId, (Outbound, Instant)>,
     deferred: VecDeque<Deferred>,
     relay: CompactRelay<PeerId, gossip::RelayTag>,
     pull: PullSync<PeerId>,
@@ -335,6 +348,10 @@ struct Net {
     bootstrap_peers: HashMap<Multiaddr, PeerId>,
     last_redial: Option<Instant>,
     last_status_round: Instant,
+    /// When our tip last moved: a tip that stands still for several slots while peers
+    /// are connected means news stopped reaching us, and peers are asked again.
+    tip_moved: Instant,
+    last_tip: Hash,
     pending_bans: Vec<(PeerId, Instant)>,
     sync_view: watch::Sender<SyncView>,
     samples: VecDeque<(Instant, u64)>,
@@ -363,12 +380,14 @@ pub fn start(
 ) -> anyhow::Result<NetworkHandle> {
     let key = swarm::load_or_create_identity(&p.data_dir)?;
     let gate = nat::gate(&p.cfg.admission);
+    let node_metrics = metrics::NodeMetrics::register(registry);
     let mut swarm = swarm::build(
         key,
         &p.genesis.network_id,
         &p.cfg,
         registry,
         nat::admitted_check(&gate),
+        &node_metrics.wire,
     )?;
     for a in &p.cfg.nat.external_addresses {
         let addr: Multiaddr = a
@@ -377,7 +396,6 @@ pub fn start(
         swarm.add_external_address(addr);
     }
     let metrics = libp2p::metrics::Metrics::new(registry);
-    let node_metrics = metrics::NodeMetrics::register(registry);
     let book = AddrBook::open(p.db.open_tree("addrs")?, ADDR_BOOK_SIZE)?;
     for a in &p.cfg.listen {
         let addr: Multiaddr = a
@@ -500,6 +518,8 @@ pub fn start(
         bootstrap_peers: HashMap::new(),
         last_redial: None,
         last_status_round: Instant::now(),
+        tip_moved: Instant::now(),
+        last_tip: Hash::ZERO,
         pending_bans: Vec::new(),
         sync_view: sync_tx,
         samples: VecDeque::new(),
@@ -690,6 +710,10 @@ impl Net {
             let s = self.status.borrow_and_update();
             (s.height, s.tip)
         };
+        if tip != self.last_tip {
+            self.last_tip = tip;
+            self.tip_moved = Instant::now();
+        }
         match self.reader.locator(height) {
             Ok(loc) => self.syncer.set_local(height, tip, loc, now_ms()),
             Err(e) => tracing::error!(error = %e, "cannot read the locator"),
@@ -1024,9 +1048,10 @@ impl Net {
                     },
                 ..
             } => {
-                let Some(tag) = self.outbound.remove(&request_id) else {
+                let Some((tag, sent)) = self.outbound.remove(&request_id) else {
                     return;
                 };
+                self.node_metrics.answered(tag.kind(), sent.elapsed());
                 let id = match tag {
                     Outbound::Sync(id) => id,
                     tag => return self.on_other_response(peer, tag, response),
@@ -1066,8 +1091,9 @@ impl Net {
                 error,
                 ..
             } => {
-                if let Some(tag) = self.outbound.remove(&request_id) {
+                if let Some((tag, _)) = self.outbound.remove(&request_id) {
                     let timed_out = matches!(error, request_response::OutboundFailure::Timeout);
+                    self.node_metrics.failed(tag.kind(), timed_out);
                     self.fail_outbound(peer, tag, timed_out);
                 }
                 self.on_outbound_failure(peer, "sync", &error);
@@ -1296,7 +1322,7 @@ impl Net {
                 .behaviour_mut()
                 .sync
                 .send_request(&d.peer, Ok(d.req.to_pb()));
-            self.outbound.insert(oid, d.tag);
+            self.outbound.insert(oid, (d.tag, Instant::now()));
         }
         self.deferred = keep;
     }
@@ -1329,7 +1355,17 @@ impl Net {
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
             let _ = self.bans.remove(p.to_bytes());
         }
-        if self.last_status_round.elapsed() >= Duration::from_secs(self.cfg.status_interval_secs) {
+        // Gossip normally tells us of every new tip; if ours has not moved for three slots
+        // (a missed block, or gossip from our peers stalled), their status tells us
+        // whether they are ahead, and sync takes over. At most every ten seconds.
+        let slot = Duration::from_millis(self.genesis.block_time_ms);
+        let stalled = self.tip_moved.elapsed() >= slot * 3
+            && self.last_status_round.elapsed() >= Duration::from_secs(10)
+            && !self.peers.is_empty();
+        if stalled
+            || self.last_status_round.elapsed()
+                >= Duration::from_secs(self.cfg.status_interval_secs)
+        {
             self.last_status_round = Instant::now();
             let peers: Vec<PeerId> = self.peers.keys().copied().collect();
             for p in peers {
@@ -1384,7 +1420,10 @@ impl Net {
             eta_secs: eta,
             peers: p.peers,
         };
-        if p.syncing && self.last_progress_log.elapsed() >= Duration::from_secs(5) {
+        if p.syncing
+            && !crate::progress::bar_shown()
+            && self.last_progress_log.elapsed() >= Duration::from_secs(5)
+        {
             self.last_progress_log = now;
             tracing::info!(
                 height = p.local_height,
@@ -1394,6 +1433,9 @@ impl Net {
                 peers = p.peers,
                 "syncing"
             );
+        }
+        if !p.syncing && self.sync_view.borrow().syncing {
+            tracing::info!(height = p.local_height, peers = p.peers, "sync complete");
         }
         self.sync_view.send_if_modified(|v| {
             let changed = *v != view;
@@ -1405,9 +1447,9 @@ impl Net {
     fn update_metrics(&self) {
         let now = now_ms();
         let progress = self.syncer.progress();
-        let (mempool_txs, mempool_bytes) = {
+        let (mempool_txs, mempool_bytes, mempool_orphans) = {
             let p = self.pool.lock();
-            (p.pool().len(), p.pool().bytes())
+            (p.pool().len(), p.pool().bytes(), p.orphans())
         };
         let scores: Vec<f64> = self
             .peers
@@ -1422,6 +1464,7 @@ impl Net {
             syncing: progress.syncing,
             mempool_txs,
             mempool_bytes,
+            mempool_orphans,
             inbound,
             outbound: self.peers.len() - inbound,
             scores: &scores,

@@ -60,6 +60,7 @@ pub fn build(
     cfg: &P2pConfig,
     registry: &mut Registry,
     admitted: nat::Admitted,
+    wire: &super::metrics::WireMeters,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let timeout = Duration::from_secs(cfg.request_timeout_secs);
     let limits = connection_limits::ConnectionLimits::default()
@@ -102,6 +103,7 @@ pub fn build(
         serve_admission: cfg.nat.relay_server || cfg.admission.bootstrap,
         admitted,
         mina: cfg.profile == Profile::Mina,
+        wire: wire.clone(),
     };
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
@@ -157,6 +159,7 @@ struct Parts {
     serve_admission: bool,
     admitted: nat::Admitted,
     mina: bool,
+    wire: super::metrics::WireMeters,
 }
 
 fn make(
@@ -174,6 +177,7 @@ fn make(
         serve_admission,
         admitted,
         mina,
+        wire,
     } = parts;
     let me = key.public().to_peer_id();
     Ok(Behaviour {
@@ -188,17 +192,17 @@ fn make(
                 .with_cache_size(0),
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
-        status: status::new(&net, timeout),
-        sync: sync::new(&net, timeout),
+        status: status::new(&net, timeout, wire.status),
+        sync: sync::new(&net, timeout, wire.sync),
         gossip: gossip::new_for(key, &net, mina)?.with_metrics(
             registry.sub_registry_with_prefix("gossipsub"),
             Default::default(),
         ),
-        pool: pool::new(&net, timeout),
-        pex: pex::new(&net, timeout),
+        pool: pool::new(&net, timeout, wire.pool),
+        pex: pex::new(&net, timeout, wire.pex),
         discovery: discovery::new(key, &discovery_cfg)?,
         nat: nat::new(me, relay_client, &nat_cfg, admitted),
-        admission: admission::new(serve_admission, timeout),
+        admission: admission::new(serve_admission, timeout, wire.admission),
         mina_px: mina.then(|| mina::peer_exchange::new(timeout)).into(),
     })
 }
