@@ -7,8 +7,20 @@
 use std::time::Instant;
 
 use chainmesh_behaviours::admission::{Challenge, NONCE_BYTES};
+use serde::Serialize;
 
-pub fn run(bits: u32, runs: usize) -> anyhow::Result<()> {
+#[derive(Serialize, Clone)]
+pub struct AdmissionResult {
+    pub bits: u32,
+    pub runs: usize,
+    pub solve_median_ms: f64,
+    pub solve_p90_ms: f64,
+    pub verify_us: f64,
+    /// Median solve ÷ verify: what a client pays per unit of the relay's cost.
+    pub cost_ratio: f64,
+}
+
+pub fn run(bits: u32, runs: usize) -> anyhow::Result<AdmissionResult> {
     anyhow::ensure!(bits <= 28, "--bits above 28 takes minutes per run");
     anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     let peer = libp2p::identity::Keypair::generate_ed25519()
@@ -55,9 +67,14 @@ pub fn run(bits: u32, runs: usize) -> anyhow::Result<()> {
         1u64 << bits
     );
     println!("  verify: {verify_us:.3} µs per proof ({checks} checks)");
-    println!(
-        "  cost ratio, client ÷ relay (median solve ÷ verify): {:.0}",
-        median * 1e3 / verify_us
-    );
-    Ok(())
+    let cost_ratio = median * 1e3 / verify_us;
+    println!("  cost ratio, client ÷ relay (median solve ÷ verify): {cost_ratio:.0}");
+    Ok(AdmissionResult {
+        bits,
+        runs,
+        solve_median_ms: median,
+        solve_p90_ms: p90,
+        verify_us,
+        cost_ratio,
+    })
 }

@@ -33,7 +33,7 @@ use crate::{Proc, now_ms, start_logged};
 
 const NETWORK: &str = "gossipbench";
 const ACCOUNTS: usize = 64;
-const BLOCK_TIME_MS: u64 = 2_000;
+pub const BLOCK_TIME_MS: u64 = 2_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -55,7 +55,7 @@ impl Mode {
         })
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Both => "gossip + pull",
             Mode::GossipOnly => "gossip only",

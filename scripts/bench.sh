@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: calibrates this machine (one libp2p stream, sled
+# batch writes, ed25519 single and batch verification), then runs every benchmark (sync,
+# gossip latency and amplification, mempool ingest, store import and reopen, relay
+# admission) with real nodes on 127.0.0.1, and writes one table of (workload, result,
+# limit, ratio, target) plus a JSON file.
+#
+#   scripts/bench.sh [--quick] [--out DIR] [--write FILE]
+#
+# Full mode (about half an hour): results in docs/bench/, the table also into the
+# summary section of BENCHMARKS.md. --quick (a few minutes, the CI smoke run): results in
+# target/bench-quick/ only. Nothing is asserted: a missed target shows as "no".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo run --release -q -p chainmesh-bench -- all "$@"
