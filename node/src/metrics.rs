@@ -30,6 +30,7 @@ pub struct ChainMetrics {
     pub reorgs: Counter,
     pub reorg_depth: Histogram,
     pub admissions: Family<Admission, Counter>,
+    pub missed_slots: Counter,
 }
 
 impl Default for ChainMetrics {
@@ -41,6 +42,7 @@ impl Default for ChainMetrics {
             // 1, 2, 4 … 512 blocks abandoned.
             reorg_depth: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             admissions: Family::default(),
+            missed_slots: Counter::default(),
         }
     }
 }
@@ -67,6 +69,11 @@ impl ChainMetrics {
             "reorg_depth_blocks",
             "Blocks abandoned per reorg",
             self.reorg_depth.clone(),
+        );
+        r.register(
+            "missed_slots",
+            "Slots of this producer that passed without a block (the chain task was busy)",
+            self.missed_slots.clone(),
         );
         r.register(
             "mempool_admissions",

@@ -153,6 +153,7 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
         "chainmesh_block_txs_imported",
         "chainmesh_reorgs",
         "chainmesh_reorg_depth_blocks",
+        "chainmesh_missed_slots",
         "chainmesh_mempool_admissions",
         "chainmesh_protocol_bytes",
         "chainmesh_request_duration_seconds",
