@@ -82,13 +82,22 @@ impl Net {
     }
 
     pub(super) fn on_gossip_event(&mut self, ev: gossip::Event) {
-        let gossipsub::Event::Message {
-            propagation_source: source,
-            message_id: id,
-            message,
-        } = ev
-        else {
-            return;
+        let (source, id, message) = match ev {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => (propagation_source, message_id, message),
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
+                return self.on_slow_peer(
+                    peer_id,
+                    failed_messages.priority + failed_messages.non_priority,
+                );
+            }
+            _ => return,
         };
         if chainmesh_behaviours::mina::gossip::is_mina_topic(&message.topic) {
             return self.on_mina_message(source, id, &message);
@@ -213,6 +222,32 @@ impl Net {
             let _ = tokio::task::spawn_blocking(move || shared.add_verified(&reader, pool)).await;
             let _ = internal.send(Internal::Pooled { n }).await;
         });
+    }
+
+    /// Our gossip send queue to `peer` overflowed during a heartbeat. A peer that is
+    /// merely slow catches up; one whose stream is stuck never does (a stream the
+    /// remote closed on its side without our knowing: everything queued for it is lost,
+    /// and it hears nothing from us). Several heartbeats in a row: the connection is
+    /// closed, and the reconnection (redial, or the peer's) opens fresh streams.
+    fn on_slow_peer(&mut self, peer: PeerId, failed: usize) {
+        const STUCK_HEARTBEATS: u32 = 5;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.slow_heartbeats += 1;
+        if p.slow_heartbeats < STUCK_HEARTBEATS {
+            tracing::debug!(peer = %peer, failed, "gossip queue to peer full");
+            return;
+        }
+        p.slow_heartbeats = 0;
+        self.stats.gossip_stuck_disconnects += 1;
+        tracing::info!(
+            peer = %peer,
+            failed,
+            heartbeats = STUCK_HEARTBEATS,
+            "closing the connection to a peer whose gossip queue stays full (stuck stream); it will reconnect"
+        );
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     fn on_compact_block(&mut self, source: PeerId, id: MessageId, cb: CompactBlock) {

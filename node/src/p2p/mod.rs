@@ -108,6 +108,9 @@ pub struct NetStats {
     /// Gossiped transactions forwarded but not offered to our pool: the chain task's
     /// queue was full.
     pub tx_pool_dropped: u64,
+    /// Connections closed because our gossip queue to the peer stayed full.
+    #[serde(default)]
+    pub gossip_stuck_disconnects: u64,
     pub blocks_published: u64,
     pub blocks_received: u64,
     pub blocks_accepted: u64,
@@ -223,6 +226,8 @@ struct PeerEntry {
     /// Set for a peer beyond `max_peers`: it may ask for addresses until then.
     surplus_until: Option<Instant>,
     connected_at: Instant,
+    /// Consecutive gossipsub heartbeats in which our send queue to this peer overflowed.
+    slow_heartbeats: u32,
 }
 
 /// Why we sent a sync-protocol request, so that its answer finds its way back.
@@ -798,6 +803,7 @@ impl Net {
                             out_quota: None,
                             surplus_until,
                             connected_at: Instant::now(),
+                            slow_heartbeats: 0,
                         },
                     );
                     self.send_status(&peer_id);
