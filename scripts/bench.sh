@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command: calibrates this machine (one libp2p stream, sled
-# batch writes, ed25519 single and batch verification), then runs every benchmark (sync,
-# gossip latency and amplification, mempool ingest, store import and reopen, relay
-# admission) with real nodes on 127.0.0.1, and writes one table of (workload, result,
-# limit, ratio, target) plus a JSON file.
+# batch writes, ed25519 single and batch verification, a bare swarm holding many
+# connections), then runs every benchmark (sync, gossip latency and amplification, mempool
+# ingest, store import and reopen, relay admission, API under load, connection scale)
+# with real nodes on 127.0.0.1, and writes one table of (workload, result, limit, ratio,
+# target), a JSON file and two charts (propagation CDF, sync throughput).
 #
 #   scripts/bench.sh [--quick] [--out DIR] [--write FILE]
 #

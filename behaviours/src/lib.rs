@@ -18,6 +18,7 @@
 //! node composes them with gossipsub and libp2p's identify, ping and connection limits.
 
 pub mod admission;
+pub mod boxed;
 pub mod codec;
 pub mod discovery;
 pub mod gossip;

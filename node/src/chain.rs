@@ -361,21 +361,11 @@ impl ChainService {
 
     /// Adds peers' transactions with one write for all of them.
     fn add_tx(&mut self, tx: Tx, wrote: &mut bool) -> Result<Hash, SubmitError> {
-        let state = PoolState(self.store.account_reader());
-        let added = self.pool.lock().add(tx, &state);
-        if let Ok(r) = &added {
-            self.pool.metrics().admitted("api", r);
-        }
-        match added {
-            Ok(Ok(added)) => {
-                *wrote = true;
-                // First sight of a transaction, for latency measurements across nodes.
-                tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
-                Ok(added.id)
-            }
-            Ok(Err(e)) => Err(SubmitError::Rejected(e)),
-            Err(e) => Err(SubmitError::Storage(e.to_string())),
-        }
+        let r = self
+            .pool
+            .add_one(tx, &PoolState(self.store.account_reader()));
+        *wrote |= r.is_ok();
+        r
     }
 
     fn on_slot(&mut self) {

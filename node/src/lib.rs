@@ -5,6 +5,7 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod devnet;
+pub mod flush;
 pub mod history;
 pub mod loadgen;
 pub mod metrics;
@@ -419,7 +420,22 @@ fn dev(a: DevArgs) -> anyhow::Result<()> {
 }
 
 /// Opens everything a node needs and runs it until Ctrl-C or SIGTERM.
+/// Raises the soft open-file limit to the hard one: each connection is a descriptor, and
+/// the usual soft default (1,024) is below a node with many peers plus its store's files.
+fn raise_fd_limit(want: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < want => tracing::warn!(
+            limit = n,
+            want,
+            "the open-file limit is below p2p.max_connections plus the store's files: connections beyond it will fail"
+        ),
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 pub fn run_node(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit(u64::from(cfg.p2p.max_connections) + 256);
     let genesis = config::load_genesis(&cfg.genesis)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
@@ -467,10 +483,11 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
     );
     let reader = store.reader();
     let db = store.db().clone();
+    let db_for_api = db.clone();
     let pool = SharedPool::new(pool);
     let (svc, status) = ChainService::new(store, pool.clone(), producer);
     let (events_tx, events_rx) = mpsc::channel(chain::EVENT_QUEUE);
-    let svc = svc.with_events(events_tx);
+    let svc = svc.with_events(events_tx.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let chain_thread =
         std::thread::Builder::new()
@@ -516,6 +533,9 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
                 .run(status.clone(), net.sync.clone(), pool.clone()),
         );
         let state = api::ApiState {
+            flusher: flush::Flusher::spawn(db_for_api),
+            events: events_tx,
+            submissions: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_SUBMISSIONS)),
             commands: cmd_tx,
             status,
             reader,

@@ -15,6 +15,7 @@ use chainmesh_chain_sync::store::{AccountsTree, StoreReader};
 use chainmesh_mempool::{AccountState, AddError, Added, PersistentPool, Pool};
 use chainmesh_proto::{Account, Address};
 
+use crate::chain::SubmitError;
 use crate::metrics::ChainMetrics;
 
 #[derive(Clone)]
@@ -65,6 +66,29 @@ impl SharedPool {
             tracing::error!(error = %e, "the mempool cannot be written");
         }
         results
+    }
+
+    /// Adds one client's transaction (its signature is checked here), written to sled but
+    /// not flushed: the caller answers only once a flush covers it. Blocks: call it on a
+    /// blocking thread, or from the chain task.
+    pub(crate) fn add_one(
+        &self,
+        tx: chainmesh_proto::Tx,
+        state: &dyn AccountState,
+    ) -> Result<chainmesh_proto::Hash, SubmitError> {
+        let added = self.lock().add(tx, state);
+        if let Ok(r) = &added {
+            self.metrics.admitted("api", r);
+        }
+        match added {
+            Ok(Ok(added)) => {
+                // First sight of a transaction, for latency measurements across nodes.
+                tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
+                Ok(added.id)
+            }
+            Ok(Err(e)) => Err(SubmitError::Rejected(e)),
+            Err(e) => Err(SubmitError::Storage(e.to_string())),
+        }
     }
 
     /// Reads the pool on a blocking thread: the lock may be held for a while (a new tip

@@ -52,7 +52,7 @@ use libp2p::gossipsub::MessageId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -62,7 +62,7 @@ use addr_book::AddrBook;
 use libp2p::metrics::Recorder;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use swarm::{Behaviour, BehaviourEvent};
+use swarm::BehaviourEvent;
 
 /// Sync progress as `/status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -307,7 +307,7 @@ enum Internal {
 const INTERNAL_QUEUE: usize = 1024;
 
 struct Net {
-    swarm: Swarm<Behaviour>,
+    swarm: swarm::NodeSwarm,
     metrics: libp2p::metrics::Metrics,
     cfg: P2pConfig,
     genesis: Genesis,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use chainmesh_behaviours::boxed::BoxedHandlers;
 use chainmesh_behaviours::{admission, discovery, gossip, mina, nat, pex, pool, status, sync};
 use chainmesh_proto::Keypair;
 use libp2p::swarm::NetworkBehaviour;
@@ -35,6 +36,10 @@ pub struct Behaviour {
     pub mina_px: libp2p::swarm::behaviour::toggle::Toggle<mina::peer_exchange::Behaviour>,
 }
 
+/// The node's swarm: its handlers boxed, which keeps each connection's task small
+/// (`chainmesh_behaviours::boxed`).
+pub type NodeSwarm = Swarm<BoxedHandlers<Behaviour>>;
+
 pub fn agent() -> String {
     format!("chainmesh/{}", env!("CARGO_PKG_VERSION"))
 }
@@ -61,7 +66,7 @@ pub fn build(
     registry: &mut Registry,
     admitted: nat::Admitted,
     wire: &super::metrics::WireMeters,
-) -> anyhow::Result<Swarm<Behaviour>> {
+) -> anyhow::Result<NodeSwarm> {
     let timeout = Duration::from_secs(cfg.request_timeout_secs);
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(cfg.max_connections))
@@ -167,7 +172,7 @@ fn make(
     key: &identity::Keypair,
     relay_client: libp2p::relay::client::Behaviour,
     registry: &mut Registry,
-) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<BoxedHandlers<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let Parts {
         limits,
         net,
@@ -180,7 +185,7 @@ fn make(
         wire,
     } = parts;
     let me = key.public().to_peer_id();
-    Ok(Behaviour {
+    Ok(BoxedHandlers(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
         blocked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(
@@ -204,5 +209,5 @@ fn make(
         nat: nat::new(me, relay_client, &nat_cfg, admitted),
         admission: admission::new(serve_admission, timeout, wire.admission),
         mina_px: mina.then(|| mina::peer_exchange::new(timeout)).into(),
-    })
+    }))
 }

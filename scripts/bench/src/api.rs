@@ -2,7 +2,7 @@
 //! per second and latency percentiles, measured with `wrk` (Debian's package), against a
 //! node that is syncing a chain of large blocks from another node at the same time.
 //!
-//! The transactions are valid: 64 funded accounts per wrk thread, their transfers in
+//! The transactions are valid: 256 funded accounts per wrk thread, their transfers in
 //! round-robin order, so that the few requests in flight on one thread never carry two
 //! nonces of one sender (which the API would refuse as a gap).
 
@@ -33,7 +33,7 @@ pub struct ApiResult {
 }
 
 const THREADS: usize = 2;
-const ACCOUNTS_PER_THREAD: usize = 64;
+const ACCOUNTS_PER_THREAD: usize = 256;
 const CONNECTIONS: usize = 16;
 
 const SCRIPT: &str = r#"

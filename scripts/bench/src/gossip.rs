@@ -85,6 +85,9 @@ pub struct GossipResult {
     pub wire_gossip: f64,
     pub wire_pull: f64,
     pub wire: f64,
+    /// Every transaction's and block's time to reach the last node, sorted (the CDF).
+    pub tx_all_ms: Vec<f64>,
+    pub block_all_ms: Vec<f64>,
 }
 
 #[derive(Serialize)]
@@ -496,6 +499,8 @@ pub fn bench_gossip(
         wire_gossip: gossip_bytes / ideal,
         wire_pull: pull_bytes / ideal,
         wire: (gossip_bytes + pull_bytes) / ideal,
+        tx_all_ms: tx_lat,
+        block_all_ms: block_lat,
     })
 }
 

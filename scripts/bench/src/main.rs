@@ -12,6 +12,7 @@
 //! loopback (this binary runs them: `chainmesh-bench node ...` is the node's CLI) and
 //! measures sync. Results go to `BENCHMARKS.md` and `bench.json` in DIR (default `.`).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +30,8 @@ use serde::Serialize;
 mod admission;
 mod api;
 mod gossip;
+mod plots;
+mod scale;
 mod store;
 mod suite;
 
@@ -38,7 +41,35 @@ fn main() -> ExitCode {
         let node_args = std::iter::once("chainmesh".to_string()).chain(args[2..].iter().cloned());
         return chainmesh_node::main_from(node_args);
     }
-    let result = if args.get(1).map(String::as_str) == Some("all") {
+    let result = if args.get(1).map(String::as_str) == Some("bare-host") {
+        scale::bare_host_main()
+    } else if args.get(1).map(String::as_str) == Some("swarms") {
+        scale::swarms_main(&args[2..])
+    } else if args.get(1).map(String::as_str) == Some("api") {
+        let rest = &args[2..];
+        number(rest, "--seconds", 10u64)
+            .and_then(|secs| Ok((secs, number(rest, "--blocks", 600u64)?)))
+            .and_then(|(secs, blocks)| api::bench_api(secs, blocks))
+            .map(|r| {
+                for a in r {
+                    println!(
+                        "{}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} of {} refused, syncing: {}",
+                        a.endpoint, a.requests_per_s, a.p50_ms, a.p99_ms, a.non_2xx, a.requests, a.while_syncing
+                    );
+                }
+            })
+    } else if args.get(1).map(String::as_str) == Some("store") {
+        let rest = &args[2..];
+        number(rest, "--blocks", 10_000u64)
+            .and_then(|b| Ok((b, number(rest, "--reopen", 20_000u64)?)))
+            .and_then(|(b, r)| store::bench_store(b, r))
+            .and_then(|r| {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            })
+    } else if args.get(1).map(String::as_str) == Some("scale") {
+        run_scale(&args[2..])
+    } else if args.get(1).map(String::as_str) == Some("all") {
         suite::run(&args[2..])
     } else if args.get(1).map(String::as_str) == Some("gossip") {
         run_gossip(&args[2..])
@@ -65,6 +96,8 @@ struct Calibration {
     sled_mb_s: f64,
     verify_single_per_s: f64,
     verify_batch_per_s: f64,
+    /// A bare swarm holding connections: memory per connection, handshakes per second.
+    bare: scale::BareCalibration,
 }
 
 #[derive(Serialize)]
@@ -79,6 +112,8 @@ struct SyncResult {
     limit_blocks_per_s: f64,
     limit_from: String,
     ratio: f64,
+    /// (seconds since the syncing node started, its height), at most every 100 ms.
+    progress: Vec<(f64, u64)>,
 }
 
 struct Workload {
@@ -136,10 +171,17 @@ fn calibrate(quick: bool) -> anyhow::Result<Calibration> {
         sled_mb_s: calibrate_sled(600 * 1024, if quick { 128 << 20 } else { 512 << 20 })?,
         verify_single_per_s: calibrate_verify(false),
         verify_batch_per_s: calibrate_verify(true),
+        bare: scale::calibrate_bare(scale::connections(quick))?,
     };
     eprintln!(
-        "stream {:.0} MB/s, sled {:.0} MB/s, verify {:.0}/s single, {:.0}/s batched",
-        cal.stream_mb_s, cal.sled_mb_s, cal.verify_single_per_s, cal.verify_batch_per_s
+        "stream {:.0} MB/s, sled {:.0} MB/s, verify {:.0}/s single, {:.0}/s batched, bare swarm {:.1} kB per connection and {:.0} handshakes/s over {} connections",
+        cal.stream_mb_s,
+        cal.sled_mb_s,
+        cal.verify_single_per_s,
+        cal.verify_batch_per_s,
+        cal.bare.kb_per_connection,
+        cal.bare.handshakes_per_s,
+        cal.bare.connections
     );
     Ok(cal)
 }
@@ -182,6 +224,26 @@ fn run_sync(cal: &Calibration, quick: bool, only: Option<&str>) -> anyhow::Resul
         }
     }
     Ok(results)
+}
+
+/// `chainmesh-bench scale [--quick] [--connections N] [--seconds S] [--rate R]
+/// [--sync-blocks B]`: connection scale alone (with its bare-swarm calibration); the
+/// result as JSON on stdout.
+fn run_scale(args: &[String]) -> anyhow::Result<()> {
+    let mut s = scale::ScaleSettings::new(flag(args, "--quick"));
+    s.connections = number(args, "--connections", s.connections)?;
+    s.load_seconds = number(args, "--seconds", s.load_seconds)?;
+    s.tx_rate = number(args, "--rate", s.tx_rate)?;
+    s.sync_blocks = number(args, "--sync-blocks", s.sync_blocks)?;
+    eprintln!("bare swarm with {} connections...", s.connections);
+    let bare = scale::calibrate_bare(s.connections)?;
+    eprintln!(
+        "  {:.1} kB per connection, {:.0} handshakes/s",
+        bare.kb_per_connection, bare.handshakes_per_s
+    );
+    let r = scale::bench_scale(&s, &bare)?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
 }
 
 /// `chainmesh-bench gossip [--quick] [--out DIR]`: the gossip and mempool benchmark.
@@ -499,6 +561,17 @@ fn build_chain(n: &Net, db: &Path, w: &Workload) -> anyhow::Result<u64> {
 }
 
 fn home(root: &Path, name: &str, n: &Net) -> anyhow::Result<PathBuf> {
+    home_with(root, name, n, |_| {})
+}
+
+/// A node's folder: genesis, and a config on loopback ports chosen by the system,
+/// adjusted by `tweak`.
+fn home_with(
+    root: &Path,
+    name: &str,
+    n: &Net,
+    tweak: impl FnOnce(&mut Config),
+) -> anyhow::Result<PathBuf> {
     let h = root.join(name);
     std::fs::create_dir_all(&h)?;
     std::fs::write(h.join("genesis.toml"), genesis_to_toml(&n.genesis)?)?;
@@ -509,6 +582,7 @@ fn home(root: &Path, name: &str, n: &Net) -> anyhow::Result<PathBuf> {
     cfg.api.listen = "127.0.0.1:0".parse()?;
     cfg.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     cfg.p2p.redial_secs = 1;
+    tweak(&mut cfg);
     std::fs::write(h.join("config.toml"), toml::to_string(&cfg)?)?;
     Ok(h)
 }
@@ -516,7 +590,25 @@ fn home(root: &Path, name: &str, n: &Net) -> anyhow::Result<PathBuf> {
 pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
+    /// SIGTERM to the node's process group (a profiler wrapping it passes nothing on, and
+    /// must see the node exit to write its profile), SIGKILL after ten seconds.
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -537,7 +629,19 @@ pub(crate) fn start_logged(
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(h.join("node.log"))?;
     let format = if json { "json" } else { "human" };
-    let child = Command::new(exe)
+    // For profiles: CHAINMESH_BENCH_WRAP="heaptrack -o /tmp/ht" (or "perf record -g
+    // -o ...", "valgrind --tool=callgrind") runs every node under that command.
+    let wrap = std::env::var("CHAINMESH_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = cmd
         .args([
             "node",
             "--log-format",
@@ -552,6 +656,7 @@ pub(crate) fn start_logged(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
+        .process_group(0)
         .spawn()?;
     let p = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -634,11 +739,20 @@ fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<S
     let deadline = t0 + Duration::from_secs(1_800);
     // The API must stay responsive while the node syncs: the slowest answer is reported.
     let mut slowest = Duration::ZERO;
+    let mut progress = vec![(0.0, 0)];
     loop {
         let asked = Instant::now();
         let s = status(&http, &api)?;
         slowest = slowest.max(asked.elapsed());
-        if s["height"].as_u64() == Some(w.blocks) {
+        let h = s["height"].as_u64().unwrap_or(0);
+        let t = t0.elapsed().as_secs_f64();
+        if progress
+            .last()
+            .is_some_and(|p| t - p.0 >= 0.1 || h == w.blocks)
+        {
+            progress.push((t, h));
+        }
+        if h == w.blocks {
             break;
         }
         if Instant::now() > deadline {
@@ -675,6 +789,7 @@ fn bench_sync(w: &Workload, peers: usize, cal: &Calibration) -> anyhow::Result<S
         limit_blocks_per_s: l,
         limit_from: from.to_string(),
         ratio: bps / l,
+        progress,
     })
 }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::admission::{self, AdmissionResult};
 use crate::api::{self, ApiResult};
 use crate::gossip::{self, GossipResult, IngestResult, Mode};
+use crate::scale::{self, ScaleResult, ScaleSettings};
 use crate::store::{self, StoreResult};
 use crate::{Calibration, SyncResult, calibrate, flag, run_sync, value};
 
@@ -85,6 +86,7 @@ struct Everything<'a> {
     store: &'a StoreResult,
     admission: &'a AdmissionResult,
     api: &'a [ApiResult],
+    scale: &'a ScaleResult,
     rows: &'a [Row],
 }
 
@@ -142,7 +144,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (api_seconds, api_blocks) = if quick { (3, 150) } else { (10, 600) };
     let api = api::bench_api(api_seconds, api_blocks)?;
 
+    let settings = ScaleSettings::new(quick);
+    eprintln!(
+        "scale: {} connections, then sync and {} tx/s for {} s...",
+        settings.connections, settings.tx_rate, settings.load_seconds
+    );
+    let scale = scale::bench_scale(&settings, &cal.bare)?;
+
     let mut rows = rows(&sync, &gossip_results, &ingest, &store, &admission);
+    rows.extend(scale_rows(&scale, &sync));
     for a in &api {
         rows.push(row(
             "api",
@@ -166,10 +176,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             Target::None,
         ));
     }
+    std::fs::create_dir_all(&out)?;
+    let charts = crate::plots::draw(&out, &gossip_results, &sync)?;
     let seconds = started.elapsed().as_secs_f64();
     let mode = if quick { "quick" } else { "full" };
-    let md = table(&rows, mode, seconds);
-    std::fs::create_dir_all(&out)?;
+    let mut md = table(&rows, mode, seconds);
+    md.push_str("\nCharts: ");
+    md.push_str(
+        &charts
+            .iter()
+            .map(|c| {
+                let name = c
+                    .file_stem()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                format!("[{name}]({})", c.display())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    md.push('\n');
     std::fs::write(out.join("summary.md"), &md)?;
     let all = Everything {
         mode,
@@ -181,6 +206,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         store: &store,
         admission: &admission,
         api: &api,
+        scale: &scale,
         rows: &rows,
     };
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&all)?)?;
@@ -305,6 +331,88 @@ fn rows(
         format!("verify {:.2} µs", admission.verify_us),
         Some(admission.cost_ratio),
         Target::None,
+    ));
+    rows
+}
+
+fn scale_rows(s: &ScaleResult, sync: &[SyncResult]) -> Vec<Row> {
+    let n = s.connections;
+    let mut rows = vec![
+        row(
+            "scale",
+            format!("{n} connections held (every behaviour on): memory per connection"),
+            format!("{:.1} kB", s.node_kb_per_connection),
+            format!(
+                "{:.1} kB (bare swarm, {n} connections)",
+                s.bare_kb_per_connection
+            ),
+            Some(s.memory_ratio),
+            Target::AtMost(3.0),
+        ),
+        row(
+            "scale",
+            format!("{n} handshakes (TCP, Noise, Yamux, then our status exchange), 32 at a time"),
+            format!("{:.0} /s", s.handshakes_per_s),
+            format!(
+                "{:.0} /s (bare swarm: TCP, Noise, Yamux)",
+                s.bare_handshakes_per_s
+            ),
+            (s.bare_handshakes_per_s > 0.0).then(|| s.handshakes_per_s / s.bare_handshakes_per_s),
+            Target::None,
+        ),
+    ];
+    // The reference is the sync benchmark's workload of the same block shape, one peer.
+    if let Some(r) = sync
+        .iter()
+        .find(|r| r.workload.contains("2 txs") && r.peers == 1)
+    {
+        rows.push(row(
+            "scale",
+            format!(
+                "sync of {} blocks × 2 txs while holding {n} connections",
+                s.sync_blocks
+            ),
+            format!("{:.0} blocks/s", s.sync_blocks_per_s),
+            format!(
+                "{:.0} blocks/s (same block shape, no other connections)",
+                r.blocks_per_s
+            ),
+            Some(s.sync_blocks_per_s / r.blocks_per_s),
+            Target::AtLeast(0.8),
+        ));
+    }
+    let p = |v: Option<f64>| v.map_or("—".into(), |x| format!("{x:.0} ms"));
+    rows.push(row(
+        "scale",
+        format!(
+            "{} tx/s for {} s at the node holding {n} connections, to a producer and back in blocks",
+            s.tx_rate, s.load_seconds
+        ),
+        format!(
+            "{} of {} included, p50 {}, p99 {}",
+            s.txs_included,
+            s.txs_accepted,
+            p(s.inclusion_p50_ms),
+            p(s.inclusion_p99_ms)
+        ),
+        format!("{} accepted", s.txs_accepted),
+        (s.txs_accepted > 0).then(|| s.txs_included as f64 / s.txs_accepted as f64),
+        Target::AtLeast(0.99),
+    ));
+    let (first, last) = (
+        s.rss_mb.first().map_or(0.0, |x| x.1),
+        s.rss_mb.last().map_or(0.0, |x| x.1),
+    );
+    rows.push(row(
+        "scale",
+        format!("node memory through that load ({} samples)", s.rss_mb.len()),
+        format!(
+            "slope {:+.1} MB per 10 min after warm-up ({first:.0} → {last:.0} MB)",
+            s.rss_slope_mb_per_10_min
+        ),
+        format!("{first:.0} MB (RSS at the start of the load)"),
+        (first > 0.0).then(|| s.rss_slope_mb_per_10_min / first),
+        Target::AtMost(0.05),
     ));
     rows
 }
