@@ -17,6 +17,7 @@
 //! durable once [`Store::flush`] returns: the node reports a tip only after that.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use chainmesh_proto::{
     Account, Address, Block, Hash, Header, Keypair, Signature, Tx, TxError, wire,
@@ -24,6 +25,7 @@ use chainmesh_proto::{
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::account_cache::{self, AccountCache};
 use crate::genesis::{Genesis, GenesisError};
 use crate::rules::{self, BlockError};
 use crate::state::{AccountReader, ApplyError, Overlay, SigCheck, StateHash, UndoRecord, apply_tx};
@@ -129,6 +131,8 @@ pub struct Store {
     tip: Tip,
     state_hash: StateHash,
     max_reorg_depth: u64,
+    /// Shared with every [`StoreReader`]; updated after each commit.
+    cache: Arc<AccountCache>,
 }
 
 fn txn_err(e: TransactionError<()>) -> StoreError {
@@ -166,6 +170,7 @@ impl Store {
             },
             state_hash: genesis.initial_state_hash(),
             max_reorg_depth: DEFAULT_MAX_REORG_DEPTH,
+            cache: Arc::new(AccountCache::new(account_cache::DEFAULT_CAPACITY)),
         };
         match store.meta.get(META_SCHEMA)? {
             None => store.initialise()?,
@@ -292,6 +297,7 @@ impl Store {
             canonical: self.canonical.clone(),
             accounts: self.accounts.0.clone(),
             tx_index: self.tx_index.clone(),
+            cache: self.cache.clone(),
         }
     }
 
@@ -545,6 +551,8 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(txn_err)?;
+        self.cache
+            .committed(changes.iter().map(|(a, v)| (a, v.as_ref())));
         Ok(())
     }
 
@@ -732,6 +740,7 @@ pub struct StoreReader {
     canonical: sled::Tree,
     accounts: sled::Tree,
     tx_index: sled::Tree,
+    cache: Arc<AccountCache>,
 }
 
 impl StoreReader {
@@ -755,13 +764,20 @@ impl StoreReader {
         Ok(self.canonical_hash(b.header.height)? == Some(b.hash()))
     }
 
+    /// A confirmed account: from the cache if it is there (no wait behind a commit),
+    /// else from sled.
     pub fn account(&self, addr: &Address) -> Result<Account, StoreError> {
-        Ok(AccountsTree(self.accounts.clone())
+        if let Some(a) = self.cache.get(addr) {
+            return Ok(a);
+        }
+        let generation = self.cache.generation();
+        let account = AccountsTree(self.accounts.clone())
             .read_account(addr)?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.cache.fill(*addr, account, generation);
+        Ok(account)
     }
 
-    /// The canonical block that includes transaction `id`, if any.
     /// The canonical block that includes transaction `id`, if any.
     pub fn tx_block(&self, id: &Hash) -> Result<Option<Block>, StoreError> {
         match self.tx_index.get(id.0)? {

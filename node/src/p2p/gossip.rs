@@ -11,7 +11,7 @@ use chainmesh_behaviours::sync::Request;
 use chainmesh_chain_sync::relay::{RelayAction, Verdict};
 use std::collections::{HashMap, VecDeque};
 
-use chainmesh_chain_sync::rules::{tx_signatures, tx_signatures_valid, validate_header_alone};
+use chainmesh_chain_sync::rules::{tx_signatures, validate_header_alone};
 use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_chain_sync::sync::ImportResult;
 use chainmesh_mempool::{AddError, Pool, PoolConfig};
@@ -253,6 +253,9 @@ impl Net {
     fn on_compact_block(&mut self, source: PeerId, id: MessageId, cb: CompactBlock) {
         let now = now_ms();
         let hash = cb.hash();
+        // With `chainmesh::seen`, splits a block's hop into its stages (the relay's
+        // lookups, verification, import).
+        tracing::trace!(target: "chainmesh::relay", block = %hash, message = %id, from = %source, "announced");
         let invalid = if let Err(e) = validate_header_alone(&self.genesis, &cb.header, now) {
             Some(format!("block {hash}: {e}"))
         } else if cb.short_ids.len() > self.genesis.limits.max_block_txs as usize {
@@ -350,33 +353,42 @@ impl Net {
                         Outbound::RelayBlock(block),
                     );
                 }
-                RelayAction::Import { block } => {
+                RelayAction::Import { block, unverified } => {
                     self.stats.block_bytes += wire::encode_block(&block).len() as u64;
                     let hash = block.hash();
+                    // Served to the peers we forward it to while it imports.
+                    self.relaying
+                        .insert(hash, std::sync::Arc::new(block.clone()));
                     let (chain, internal) = (self.chain.clone(), self.internal_tx.clone());
                     let genesis = self.genesis_hash;
                     tokio::spawn(async move {
-                        // Batch-verify on all cores rather than one by one in the chain task.
-                        let verified = tokio::task::spawn_blocking(move || {
-                            let ok = tx_signatures_valid(&genesis, std::slice::from_ref(&block));
-                            (ok, block)
-                        })
-                        .await;
-                        let Ok((sigs_verified, block)) = verified else {
-                            let result = Err(false);
-                            let _ = internal
-                                .send(Internal::RelayImported {
-                                    block: hash,
-                                    result,
-                                })
-                                .await;
-                            return;
+                        // Transactions from our pool were verified on their way in;
+                        // only fetched ones are checked, batched on all cores.
+                        let good = if unverified.is_empty() {
+                            true
+                        } else {
+                            let txs: Vec<Tx> = unverified
+                                .iter()
+                                .filter_map(|i| block.txs.get(*i as usize).cloned())
+                                .collect();
+                            tokio::task::spawn_blocking(move || {
+                                tx_signatures(&genesis, &txs).into_iter().all(|ok| ok)
+                            })
+                            .await
+                            .unwrap_or(false)
                         };
+                        tracing::trace!(target: "chainmesh::relay", block = %hash, good, "verified");
+                        let _ = internal
+                            .send(Internal::RelayChecked { block: hash, good })
+                            .await;
+                        if !good {
+                            return;
+                        }
                         let (reply, rx) = oneshot::channel();
                         let r = match chain
                             .send(Command::ImportBlocks {
                                 blocks: vec![block],
-                                sigs_verified,
+                                sigs_verified: true,
                                 reply,
                             })
                             .await
@@ -401,6 +413,7 @@ impl Net {
                     tag: (id, peer),
                     verdict,
                 } => {
+                    tracing::trace!(target: "chainmesh::relay", message = %id, ?verdict, "settled");
                     let acceptance = match verdict {
                         Verdict::Accept => {
                             self.stats.blocks_accepted += 1;

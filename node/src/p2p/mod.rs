@@ -271,6 +271,11 @@ enum Internal {
         block: Hash,
         found: Vec<Option<Tx>>,
     },
+    /// The signatures of a rebuilt block's fetched transactions were checked.
+    RelayChecked {
+        block: Hash,
+        good: bool,
+    },
     RelayImported {
         block: Hash,
         result: Result<(), bool>,
@@ -323,6 +328,8 @@ struct Net {
     outbound: HashMap<OutboundRequestId, (Outbound, Instant)>,
     deferred: VecDeque<Deferred>,
     relay: CompactRelay<PeerId, gossip::RelayTag>,
+    /// Blocks forwarded and still importing, served to peers from here meanwhile.
+    relaying: serve::Relaying,
     pull: PullSync<PeerId>,
     permits_out: HashMap<OutboundRequestId, u32>,
     held: HashMap<PeerId, pool_sync::Held>,
@@ -491,6 +498,7 @@ pub fn start(
         outbound: HashMap::new(),
         deferred: VecDeque::new(),
         relay: CompactRelay::new(RelayConfig::default()),
+        relaying: serve::Relaying::default(),
         pull: PullSync::new(PullConfig::default()),
         permits_out: HashMap::new(),
         held: HashMap::new(),
@@ -609,8 +617,27 @@ impl Net {
             Internal::GossipChecked { tags, txs, results } => {
                 self.on_gossip_checked(tags, txs, results)
             }
-            Internal::RelayPool { block, found } => self.relay.on_pool(&block, found, now),
-            Internal::RelayImported { block, result } => self.relay.on_imported(&block, result),
+            Internal::RelayPool { block, found } => {
+                tracing::trace!(target: "chainmesh::relay", block = %block, "pool looked up");
+                self.relay.on_pool(&block, found, now)
+            }
+            Internal::RelayChecked { block, good } => {
+                tracing::trace!(target: "chainmesh::relay", block = %block, good, "checked");
+                if !good {
+                    self.relaying.remove(&block);
+                }
+                self.relay.on_checked(&block, good)
+            }
+            Internal::RelayImported { block, result } => {
+                tracing::trace!(target: "chainmesh::relay", block = %block, "imported");
+                self.relaying.remove(&block);
+                if result == Err(true) {
+                    // Its body was whole and well signed (or it would not have been
+                    // imported): the producer signed an invalid state transition.
+                    tracing::warn!(block = %block, "a block from gossip failed its import as invalid");
+                }
+                self.relay.on_imported(&block, result)
+            }
             Internal::PoolLog { channel, ids, next } => self.on_pool_log(channel, ids, next),
             Internal::PullMissing {
                 peer,
@@ -1203,14 +1230,15 @@ impl Net {
             return;
         }
         self.serving += 1;
-        let (reader, pool, tx, max) = (
+        let (reader, pool, relaying, tx, max) = (
             self.reader.clone(),
             self.pool.clone(),
+            self.relaying.clone(),
             self.served_tx.clone(),
             self.cfg.sync_max_blocks,
         );
         tokio::spawn(async move {
-            let resp = serve::serve(reader, pool, req, max).await;
+            let resp = serve::serve(reader, pool, relaying, req, max).await;
             let _ = tx.send((channel, resp)).await;
         });
     }

@@ -159,7 +159,16 @@ fn node_home(
     Ok(h)
 }
 
-const LOGS: &str = "warn,chainmesh::seen=trace";
+/// The gossip nodes' log filter: `chainmesh::seen` is what the latencies are read from;
+/// `CHAINMESH_BENCH_GOSSIP_LOGS` adds to it (e.g. `chainmesh::relay=trace`: the stages
+/// of each block's hop).
+fn logs() -> String {
+    let base = "warn,chainmesh::seen=trace";
+    match std::env::var("CHAINMESH_BENCH_GOSSIP_LOGS") {
+        Ok(extra) if !extra.is_empty() => format!("{base},{extra}"),
+        _ => base.to_string(),
+    }
+}
 
 struct Running {
     homes: Vec<PathBuf>,
@@ -202,7 +211,7 @@ fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Resu
             .iter()
             .flat_map(|a| ["--peer".to_string(), a.clone()])
             .collect();
-        let (p, api) = start_logged(&home, &extra, LOGS, true)?;
+        let (p, api) = start_logged(&home, &extra, &logs(), true)?;
         addrs.push(crate::p2p_addr(&home)?);
         r.procs.push(p);
         r.apis.push(api);

@@ -127,12 +127,13 @@ fn flag(args: &[String], name: &str) -> bool {
     args.iter().any(|a| a == name)
 }
 
-/// `--out DIR`, the current folder by default.
+/// `--out DIR`; by default `target/bench` (cargo runs the bench from the workspace root),
+/// so that a run never leaves its files among the sources.
 fn out_dir(args: &[String]) -> PathBuf {
     args.iter()
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1))
-        .map_or(PathBuf::from("."), PathBuf::from)
+        .map_or(PathBuf::from("target/bench"), PathBuf::from)
 }
 
 /// The value after `name`, if given.
