@@ -391,3 +391,309 @@ fn garbage_frames_close_the_connection_and_memory_stays_flat() {
     );
     node.kill9();
 }
+
+/// Starts a node of `net` in `dir` whose log also carries gossipsub's debug lines.
+fn node_with_gossip_debug(net: &TestNet, dir: &std::path::Path) -> Node {
+    let home = net.node_home(dir);
+    let args: Vec<String> = [
+        "--log-level",
+        "info,libp2p_gossipsub::behaviour=debug",
+        "run",
+        "--config",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([home.join("config.toml").display().to_string()])
+    .collect();
+    Node::start(&home, &home.join("data"), &args)
+}
+
+/// A protobuf length-delimited field.
+fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend(varint(bytes.len() as u64));
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// One gossipsub RPC frame: a PRUNE of `topic` with `backoff` seconds (gossipsub's
+/// rpc.proto: RPC.control = 3; ControlMessage.prune = 4; ControlPrune.topic_id = 1,
+/// .backoff = 3). The node stores the backoff of every PRUNE of a topic it is subscribed
+/// to, mesh member or not. No GRAFT: grafting back during a backoff is penalised, and a
+/// graylisted peer's RPCs are no longer read, which this test is not about.
+fn prune(topic: &str, backoff: u64) -> Vec<u8> {
+    let mut prune = field(0x0a, topic.as_bytes());
+    prune.push(0x18);
+    prune.extend(varint(backoff));
+    let rpc = field(0x1a, &field(0x22, &prune));
+    [varint(rpc.len() as u64), rpc].concat()
+}
+
+/// GHSA-gc42-3jg7-rxr2 and GHSA-xqmp-fxgv-xvq5 (gossipsub < 0.49.4 panicked on a PRUNE
+/// whose backoff overflowed the clock): PRUNEs with backoffs of `u64::MAX` and near it,
+/// on both of our topics, reach the node's gossipsub, which must handle every one and
+/// go on.
+#[test]
+fn prune_with_huge_backoffs_is_handled_and_the_node_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("prunetest", 10);
+    let mut node = node_with_gossip_debug(&net, &root.path().join("n"));
+    let addr: Multiaddr = node.p2p_addr().parse().unwrap();
+    let target = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .unwrap();
+    let backoffs = [
+        u64::MAX,
+        u64::MAX - 1,
+        u64::MAX / 2 + 1,
+        u64::MAX / 1_000_000_000, // the largest whole seconds a nanosecond count can hold
+        u64::MAX / 1_000_000_000 + 1,
+        u32::MAX as u64 * 1_000,
+    ];
+    let topics = ["chainmesh/prunetest/tx/1", "chainmesh/prunetest/block/1"];
+    let meshsub = StreamProtocol::new("/meshsub/1.1.0");
+    let rt = runtime();
+    let sent = topics.len() * backoffs.len();
+    rt.block_on(async {
+        let mut s = attacker(|_| RawPair {
+            status: raw(&meshsub),
+            sync: raw(&StreamProtocol::new("/meshsub/1.2.0")),
+        });
+        s.dial(addr.clone()).unwrap();
+        let mut pending = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while let Ok(ev) = tokio::time::timeout_at(deadline, s.select_next_some()).await {
+            match ev {
+                SwarmEvent::ConnectionEstablished { .. } if pending == 0 => {
+                    // One stream (gossipsub keeps one inbound stream per peer, a new one
+                    // replaces the old), one RPC frame after the other.
+                    let frames: Vec<u8> = topics
+                        .iter()
+                        .flat_map(|t| backoffs.map(|b| prune(t, b)))
+                        .flatten()
+                        .collect();
+                    s.behaviour_mut().status.send_request(&target, frames);
+                    pending += 1;
+                }
+                // The node never answers on a gossipsub stream: each request ends when
+                // its stream is reset or times out; by then the RPC has been read.
+                SwarmEvent::Behaviour(RawPairEvent::Status(
+                    request_response::Event::OutboundFailure { .. }
+                    | request_response::Event::Message { .. },
+                )) => {
+                    pending -= 1;
+                    if pending == 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let handled = loop {
+        let handled = node.log().matches("Completed PRUNE handling").count();
+        if handled >= sent || Instant::now() > deadline {
+            break handled;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("prune: {handled} of {sent} PRUNEs with huge backoffs handled by the node");
+    assert!(node.is_running(), "node died:\n{}", node.log_tail());
+    assert!(!node.log().contains("panicked"), "{}", node.log_tail());
+    assert_eq!(handled, sent, "PRUNEs handled\n{}", node.log_tail());
+    assert_eq!(node.status()["height"].as_u64(), Some(0));
+    node.kill9();
+}
+
+/// multistream-select 1.0 as the dialer, for one protocol: the header and the protocol
+/// out, both echoed back (each a varint-length-prefixed line).
+async fn select<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T, protocol: &str) -> io::Result<()> {
+    let line = |s: &str| {
+        [
+            varint(s.len() as u64 + 1),
+            s.as_bytes().to_vec(),
+            vec![b'\n'],
+        ]
+        .concat()
+    };
+    let header = "/multistream/1.0.0";
+    io.write_all(&[line(header), line(protocol)].concat())
+        .await?;
+    io.flush().await?;
+    for want in [header, protocol] {
+        let mut len = [0u8; 1];
+        io.read_exact(&mut len).await?;
+        let mut got = vec![0u8; usize::from(len[0])];
+        io.read_exact(&mut got).await?;
+        if got != format!("{want}\n").as_bytes() {
+            return Err(io::Error::other(format!("{protocol} refused: {got:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// A yamux frame header (version 0, big-endian): Data (type 0) with SYN (flag 1) opening
+/// stream 1, announcing `len` bytes of body.
+fn data_syn(len: u32) -> Vec<u8> {
+    let mut h = vec![0u8, 0u8];
+    h.extend(1u16.to_be_bytes());
+    h.extend(1u32.to_be_bytes());
+    h.extend(len.to_be_bytes());
+    h
+}
+
+/// GHSA-vxx9-2994-q338 (yamux < 0.13.10): a Data|SYN frame announcing far more than a
+/// stream's receive window (256 KiB) must end the connection at once, without buffering
+/// more than yamux's 1 MiB frame cap. 200 connections, each sending one such frame
+/// (lengths up to 4 GiB − 1): every one refused within a second — closed at once over
+/// the cap, a GoAway within it (yamux then waits for the peer to close; closing such a
+/// connection ourselves is part of the malformed-frame work of issue 9) — and RSS flat.
+#[test]
+fn oversized_yamux_data_syn_frames_are_refused_at_once() {
+    use libp2p::Transport;
+    use libp2p::core::Endpoint;
+    use libp2p::core::transport::{DialOpts, PortUse};
+    use libp2p::core::upgrade::OutboundConnectionUpgrade;
+
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("yamuxtest", 10);
+    let home = net.node_home(&root.path().join("n"));
+    let mut node = Node::start_run(&home, &[]);
+    let addr: Multiaddr = node
+        .p2p_addr()
+        .parse::<Multiaddr>()
+        .unwrap()
+        .into_iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    // Over yamux's 1 MiB frame cap (refused at the header), and within it but over a new
+    // stream's 256 KiB window (refused once the body is read; the body is sent whole).
+    const MIB: u32 = 1 << 20;
+    let lengths = [
+        u32::MAX,
+        u32::MAX - 1,
+        1 << 31,
+        16 * MIB,
+        MIB + 1,
+        MIB,
+        256 * 1024 + 1,
+    ];
+    const ATTEMPTS: usize = 200;
+    let rt = runtime();
+    let mut rss_after_warmup = 0;
+    let mut took = Vec::new();
+    let started = Instant::now();
+    for i in 0..ATTEMPTS {
+        if started.elapsed() > Duration::from_secs(90) {
+            break;
+        }
+        let key = identity::Keypair::generate_ed25519();
+        let closed_in = rt.block_on(async {
+            // TCP, then Noise and `/yamux/1.0.0` negotiated by hand: what follows is
+            // our own yamux frames, not a muxer's.
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default())
+                .dial(
+                    addr.clone(),
+                    DialOpts {
+                        role: Endpoint::Dialer,
+                        port_use: PortUse::New,
+                    },
+                )
+                .unwrap();
+            let mut io = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut tcp = tcp.await?;
+                select(&mut tcp, "/noise").await?;
+                let (_, mut io) = noise::Config::new(&key)
+                    .unwrap()
+                    .upgrade_outbound(tcp, "/noise")
+                    .await
+                    .map_err(io::Error::other)?;
+                select(&mut io, "/yamux/1.0.0").await?;
+                io::Result::Ok(io)
+            })
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+            let sent_at = Instant::now();
+            let len = lengths[i % lengths.len()];
+            let body = if len <= MIB { len as usize } else { 64 * 1024 };
+            let mut frame = data_syn(len);
+            frame.extend(std::iter::repeat_n(0x5a, body));
+            // The node may close while we write: that is the expected outcome too.
+            let _ = io.write_all(&frame).await;
+            let _ = io.flush().await;
+            // Over the 1 MiB cap the node closes at once; within it, yamux answers with
+            // a GoAway (protocol error) and leaves the closing to us, so a GoAway counts
+            // as the node's refusal too. Frames from the node are parsed to find it.
+            let refused = async {
+                loop {
+                    let mut h = [0u8; 12];
+                    if io.read_exact(&mut h).await.is_err() {
+                        return "closed";
+                    }
+                    let len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as u64;
+                    match h[1] {
+                        3 => return "go away",
+                        0 => {
+                            let mut body = (&mut io).take(len);
+                            if futures::io::copy(&mut body, &mut futures::io::sink())
+                                .await
+                                .is_err()
+                            {
+                                return "closed";
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(5), refused).await {
+                Ok(how) => Some((sent_at.elapsed(), how)),
+                Err(_) => None,
+            }
+        });
+        let len = lengths[i % lengths.len()];
+        match closed_in {
+            Some((t, how)) => {
+                assert!(
+                    how == "closed" || len <= MIB,
+                    "a {len}-byte frame was answered with a GoAway, not a close"
+                );
+                took.push(t);
+            }
+            None => {
+                eprintln!("yamux: frame of {len} bytes: neither refused nor closed 5 s later");
+                took.push(Duration::MAX);
+            }
+        }
+        if i == 20 {
+            rss_after_warmup = node.rss_kib();
+        }
+    }
+    let rss_end = node.rss_kib();
+    took.sort();
+    let n = took.len();
+    let slowest = took[n - 1];
+    eprintln!(
+        "yamux: {n} oversized Data|SYN frames in {:.1} s; refused by the node in p50 {:?}, slowest {:?}; RSS {rss_after_warmup} KiB after 20 -> {rss_end} KiB",
+        started.elapsed().as_secs_f64(),
+        took[n / 2],
+        slowest
+    );
+    assert!(node.is_running(), "node died:\n{}", node.log_tail());
+    assert_eq!(n, ATTEMPTS, "only {n} attempts in the time bound");
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "a connection went unrefused {slowest:?} after its oversized frame"
+    );
+    assert!(
+        rss_end < rss_after_warmup + 10 * 1024,
+        "RSS grew from {rss_after_warmup} KiB to {rss_end} KiB"
+    );
+    node.kill9();
+}

@@ -795,7 +795,7 @@ impl Net {
                 {
                     self.bootstrap_peers.insert(b.clone(), peer_id);
                 }
-                self.nat_on_connected(peer_id, connection_id, &address);
+                self.nat_on_connected(peer_id, connection_id, &address, inbound);
                 if let Some(p) = self.peers.get_mut(&peer_id)
                     && is_relayed(&p.address)
                     && !is_relayed(&address)
@@ -849,6 +849,7 @@ impl Net {
                 ..
             } => {
                 self.nat_on_closed(peer_id, connection_id);
+                self.nat_on_peer_gone(&peer_id);
                 tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
                 self.peers.remove(&peer_id);
                 self.syncer.peer_gone(&peer_id, now_ms());
@@ -1371,6 +1372,7 @@ impl Net {
             self.tend_peers();
             self.tend_discovery();
             self.tend_relays();
+            self.tend_hole_punches();
             self.tend_admission();
             self.update_metrics();
         }

@@ -33,6 +33,11 @@ const RELAY_LOOKUP_EVERY: Duration = Duration::from_secs(20);
 const MAX_CANDIDATES: usize = 64;
 /// Circuits whose opening time the relay server remembers (for the longest-circuit figure).
 const MAX_TRACKED_CIRCUITS: usize = 1024;
+/// Hole punches retried after DCUtR gave up (its own three attempts on one relayed
+/// connection), each after a longer pause: a punch fails at a bad moment (both sides'
+/// SYNs must cross within the round trip it measured), not only behind a symmetric NAT.
+const PUNCH_RETRIES: u32 = 3;
+const PUNCH_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reach {
@@ -67,6 +72,12 @@ pub(super) struct NatState {
     gate: Arc<Mutex<Gate<PeerId>>>,
     /// Relayed connections per peer, closed once hole punching gives a direct one.
     relayed: HashMap<PeerId, Vec<ConnectionId>>,
+    /// The circuit address of peers we dialled through a relay: the dialler is the side
+    /// that retries a failed hole punch (by coming back through the relay), so that the
+    /// two sides do not both tear the connection down.
+    relayed_out: HashMap<PeerId, Multiaddr>,
+    /// Failed hole punches to retry: attempts so far, and when.
+    punch_retries: HashMap<PeerId, (u32, Instant)>,
     circuits: HashMap<(PeerId, PeerId), Instant>,
     /// Gates (bootstrap nodes) we asked for admission, and until when they let us in.
     admitted_by: HashMap<PeerId, u64>,
@@ -134,6 +145,8 @@ impl NatState {
             last_lookup: None,
             gate,
             relayed: HashMap::new(),
+            relayed_out: HashMap::new(),
+            punch_retries: HashMap::new(),
             circuits: HashMap::new(),
             admitted_by: HashMap::new(),
             stats: NatStats::default(),
@@ -294,11 +307,18 @@ impl Net {
         peer: PeerId,
         conn: ConnectionId,
         address: &Multiaddr,
+        inbound: bool,
     ) {
         if is_relayed(address) {
             let v = self.nat.relayed.entry(peer).or_default();
             if v.len() < 8 {
                 v.push(conn);
+            }
+            if !inbound
+                && (self.nat.relayed_out.len() < MAX_CANDIDATES
+                    || self.nat.relayed_out.contains_key(&peer))
+            {
+                self.nat.relayed_out.insert(peer, address.clone());
             }
         } else if let Some(r) = self.nat.relays.get_mut(&peer) {
             if r.addrs.len() < 8 && !r.addrs.contains(address) {
@@ -315,6 +335,55 @@ impl Net {
             v.retain(|c| *c != conn);
             if v.is_empty() {
                 self.nat.relayed.remove(&peer);
+            }
+        }
+    }
+
+    /// Gone from the peer table (its last connection closed): nothing to punch to.
+    pub(super) fn nat_on_peer_gone(&mut self, peer: &PeerId) {
+        if !self.nat.punch_retries.contains_key(peer) {
+            self.nat.relayed_out.remove(peer);
+        }
+    }
+
+    /// Retries the hole punches that are due: the relayed connections to the peer are
+    /// closed and the peer is dialled again through the relay; the new relayed
+    /// connection starts DCUtR afresh (the peer behind the relay initiates it).
+    pub(super) fn tend_hole_punches(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .nat
+            .punch_retries
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let still_relayed = self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| is_relayed(&p.address));
+            let circuit = self.nat.relayed_out.get(&peer).cloned();
+            let (Some(circuit), true) = (circuit, still_relayed) else {
+                // Direct by now (the peer's own punch, or a dial), or gone.
+                self.nat.punch_retries.remove(&peer);
+                continue;
+            };
+            // Due again only if this attempt fails too (a new failure reschedules it).
+            if let Some(r) = self.nat.punch_retries.get_mut(&peer) {
+                r.1 = now + Duration::from_secs(3600);
+            }
+            tracing::info!(peer = %peer, via = %circuit, "retrying hole punching: reconnecting through the relay");
+            for c in self.nat.relayed.remove(&peer).unwrap_or_default() {
+                self.swarm.close_connection(c);
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![circuit])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::info!(peer = %peer, error = %e, "cannot dial through the relay again; staying without a direct connection");
+                self.nat.punch_retries.remove(&peer);
             }
         }
     }
@@ -460,6 +529,8 @@ impl Net {
             }) => match result {
                 Ok(conn) => {
                     self.nat.stats.holepunch_ok += 1;
+                    self.nat.punch_retries.remove(&remote_peer_id);
+                    self.nat.relayed_out.remove(&remote_peer_id);
                     tracing::info!(peer = %remote_peer_id, "direct connection by hole punching (DCUtR); closing the relayed one");
                     for c in self.nat.relayed.remove(&remote_peer_id).unwrap_or_default() {
                         if c != conn {
@@ -469,7 +540,32 @@ impl Net {
                 }
                 Err(e) => {
                     self.nat.stats.holepunch_failed += 1;
-                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed");
+                    let attempts = self
+                        .nat
+                        .punch_retries
+                        .get(&remote_peer_id)
+                        .map_or(0, |(n, _)| *n);
+                    let ours = self.nat.relayed_out.contains_key(&remote_peer_id);
+                    if ours
+                        && attempts < PUNCH_RETRIES
+                        && self.nat.punch_retries.len() < MAX_CANDIDATES
+                    {
+                        let pause = PUNCH_RETRY_PAUSE * (attempts + 1);
+                        self.nat
+                            .punch_retries
+                            .insert(remote_peer_id, (attempts + 1, Instant::now() + pause));
+                        tracing::info!(
+                            peer = %remote_peer_id,
+                            error = %e,
+                            retry_in_secs = pause.as_secs(),
+                            attempt = attempts + 1,
+                            of = PUNCH_RETRIES,
+                            "hole punching failed; staying relayed and trying again"
+                        );
+                    } else {
+                        self.nat.punch_retries.remove(&remote_peer_id);
+                        tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed");
+                    }
                 }
             },
         }
