@@ -229,11 +229,12 @@ async fn net_stats(State(st): State<ApiState>) -> ApiResult<NetStats> {
     }
 }
 
+/// The body of `POST /mina/publish`.
 #[derive(Deserialize)]
-struct MinaPublish {
-    topic: String,
+pub struct MinaPublish {
+    pub topic: String,
     /// The body (Bin_prot bytes, opaque to us), hex; the node adds the length prefix.
-    data_hex: String,
+    pub data_hex: String,
 }
 
 #[derive(Serialize)]

@@ -42,6 +42,10 @@ pub struct P2pConfig {
     pub redial_secs: u64,
     pub request_timeout_secs: u64,
     pub ban_secs: u64,
+    /// Banned peer ids from one IP address that ban the address too (0: never).
+    pub ip_ban_after: usize,
+    /// Addresses never banned as a whole (a local devnet's nodes all come from one).
+    pub ip_ban_exempt: Vec<std::net::IpAddr>,
     /// Sync requests one peer may make per second (advertised in our status).
     pub sync_requests_per_second: u32,
     /// Most blocks per sync request we serve (advertised in our status).
@@ -208,6 +212,8 @@ impl Default for P2pConfig {
             redial_secs: 10,
             request_timeout_secs: 10,
             ban_secs: 600,
+            ip_ban_after: 3,
+            ip_ban_exempt: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
             sync_requests_per_second: 50,
             sync_max_blocks: 256,
             gossip: true,
@@ -306,12 +312,15 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut cfg: Config = toml::from_str(&text)
-            .with_context(|| format!("invalid config file {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses and checks a config's text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Config> {
+        let mut cfg: Config = toml::from_str(text)?;
         cfg.resolve(base);
-        cfg.check()
-            .with_context(|| format!("invalid config file {}", path.display()))?;
+        cfg.check()?;
         Ok(cfg)
     }
 
@@ -500,6 +509,11 @@ redial_secs = {redial}
 request_timeout_secs = {req_to}
 # How long a misbehaving or incompatible peer stays banned (bans survive restarts).
 ban_secs = {ban}
+# Peer ids are free to make: once this many peer ids from one IP address are banned at
+# once, the address is banned too, as long as their latest ban (0: never). Addresses in
+# `ip_ban_exempt` never are (loopback, where a local devnet's nodes all come from).
+ip_ban_after = {ip_ban_after}
+ip_ban_exempt = {ip_ban_exempt}
 # What we serve one peer, advertised in our status so peers throttle themselves.
 sync_requests_per_second = {rps}
 sync_max_blocks = {max_blocks}
@@ -607,6 +621,13 @@ max_bits = {adm_max_bits}
         redial = p.redial_secs,
         req_to = p.request_timeout_secs,
         ban = p.ban_secs,
+        ip_ban_after = p.ip_ban_after,
+        ip_ban_exempt = list(
+            &p.ip_ban_exempt
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+        ),
         rps = p.sync_requests_per_second,
         max_blocks = p.sync_max_blocks,
         data_dir = d.data_dir.display().to_string(),
@@ -625,10 +646,13 @@ max_bits = {adm_max_bits}
 pub fn load_genesis(path: &Path) -> anyhow::Result<Genesis> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read genesis file {}", path.display()))?;
-    let g: Genesis = toml::from_str(&text)
-        .with_context(|| format!("invalid genesis file {}", path.display()))?;
-    g.validate()
-        .with_context(|| format!("invalid genesis file {}", path.display()))?;
+    parse_genesis(&text).with_context(|| format!("invalid genesis file {}", path.display()))
+}
+
+/// Parses and validates a genesis file's text.
+pub fn parse_genesis(text: &str) -> anyhow::Result<Genesis> {
+    let g: Genesis = toml::from_str(text)?;
+    g.validate()?;
     Ok(g)
 }
 

@@ -327,3 +327,143 @@ fn a_node_at_its_limit_hands_out_addresses_which_survive_a_restart() {
         p.contains(&ida) && p.contains(&idb)
     });
 }
+
+/// Issue 9, item 3: a peer publishes 10,000 invalid transactions as fast as it can while
+/// honest transactions are submitted. The honest ones all arrive everywhere, the attacker
+/// is cut off after a handful, and memory does not follow the flood.
+#[test]
+fn a_flood_of_invalid_txs_is_cut_off_and_honest_txs_still_reach_every_node() {
+    const FLOOD: u64 = 10_000;
+    const HONEST: u64 = 200;
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("floodtest", 0);
+    let tweak = |c: &mut Config| c.mempool.max_per_sender = 1_000;
+    let homes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| net.node_home_with(&root.path().join(n), None, tweak))
+        .collect();
+    let a = Node::start_run(&homes[0], &[]);
+    let b = Node::start_run(&homes[1], &peer_args(&[a.p2p_addr()]));
+    let c = Node::start_run(&homes[2], &peer_args(&[a.p2p_addr(), b.p2p_addr()]));
+    let nodes = [&a, &b, &c];
+    wait_until(20, "a, b and c connected", || {
+        nodes.iter().all(|n| n.peers().len() == 2)
+    });
+    let rss_before: Vec<u64> = nodes.iter().map(|n| n.rss_kib()).collect();
+    let targets: Vec<Multiaddr> = [&a, &b]
+        .iter()
+        .map(|n| n.p2p_addr().parse().unwrap())
+        .collect();
+    let chain = a.genesis_hash();
+    let topic = gossip::tx_topic("floodtest");
+    let (alice, to) = (net.alice.clone(), net.authority.public());
+
+    let started = std::time::Instant::now();
+    let flood = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let mut s = attacker(|k| gossip::new(k, "floodtest").unwrap());
+            s.behaviour_mut().subscribe(&topic).unwrap();
+            for t in &targets {
+                s.dial(t.clone()).unwrap();
+            }
+            // Connections and subscriptions settle.
+            let settle = tokio::time::sleep(Duration::from_secs(2));
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    _ = s.select_next_some() => {}
+                    _ = &mut settle => break,
+                }
+            }
+            let (mut published, mut refused, mut redials) = (0u64, 0u64, 0u64);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let mut last_dial = tokio::time::Instant::now();
+            let mut i = 0;
+            while i < FLOOD && tokio::time::Instant::now() < deadline {
+                // A persistent attacker: dropped, it comes back (until it is banned).
+                if s.connected_peers().count() < targets.len()
+                    && last_dial.elapsed() >= Duration::from_millis(200)
+                {
+                    for t in &targets {
+                        let _ = s.dial(t.clone());
+                        redials += 1;
+                    }
+                    last_dial = tokio::time::Instant::now();
+                }
+                for _ in 0..50 {
+                    let mut tx = Tx::transfer(&alice, &chain, to, 1 + i, 1, i);
+                    tx.signature.0[0] ^= 0xff;
+                    match s
+                        .behaviour_mut()
+                        .publish(topic.clone(), wire::encode_tx(&tx))
+                    {
+                        Ok(_) => published += 1,
+                        Err(_) => refused += 1,
+                    }
+                    i += 1;
+                }
+                // Let the swarm write what was published.
+                let _ = tokio::time::timeout(Duration::from_millis(1), async {
+                    loop {
+                        s.select_next_some().await;
+                    }
+                })
+                .await;
+            }
+            (i, published, refused, redials, s.connected_peers().count())
+        })
+    });
+
+    // Meanwhile the honest transactions, at b, about 100 a second.
+    let mut accepted = 0;
+    for n in 0..HONEST {
+        let tx = Tx::transfer(&net.alice, &chain, net.authority.public(), 1, 1, n);
+        if b.post_tx(&tx).0 == 202 {
+            accepted += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (attempted, published, refused, redials, still_connected) = flood.join().unwrap();
+    let flood_secs = started.elapsed().as_secs_f64();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let pool = |n: &Node| n.status()["mempool_txs"].as_u64().unwrap_or(0);
+    while nodes.iter().any(|n| pool(n) < accepted) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let delivered: Vec<u64> = nodes.iter().map(|n| pool(n)).collect();
+    let rejected: Vec<u64> = nodes
+        .iter()
+        .map(|n| u(&net_stats(n)["tx_rejected"]))
+        .collect();
+    let rss_after: Vec<u64> = nodes.iter().map(|n| n.rss_kib()).collect();
+    eprintln!(
+        "flood: attacker tried {attempted} invalid txs in {flood_secs:.1} s: {published} published, {refused} refused by its own gossipsub (no peer left), {redials} redials, still connected to {still_connected}; \
+         honest: {accepted} accepted at b, in the mempools of a/b/c: {delivered:?}; invalid txs validated by a/b/c: {rejected:?}; RSS KiB before {rss_before:?} after {rss_after:?}"
+    );
+    assert_eq!(accepted, HONEST);
+    for d in &delivered {
+        assert!(
+            *d * 100 >= accepted * 99,
+            "honest delivery {delivered:?} of {accepted}"
+        );
+    }
+    assert_eq!(
+        attempted, FLOOD,
+        "the flood did not finish in its time bound"
+    );
+    // Cut off after a few dozen at most: each invalid tx costs 20 points, a ban is at -90.
+    assert!(
+        rejected.iter().all(|r| *r <= 50),
+        "validated {rejected:?} invalid txs"
+    );
+    assert_eq!(still_connected, 0, "the attacker is still connected");
+    for n in [&a, &b] {
+        assert!(n.log().contains("banning peer"), "no ban logged");
+    }
+    for (before, after) in rss_before.iter().zip(&rss_after) {
+        assert!(
+            after < &(before + 50 * 1024),
+            "RSS {rss_before:?} -> {rss_after:?}"
+        );
+    }
+}

@@ -697,3 +697,200 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
     );
     node.kill9();
 }
+
+/// TCP dials that leave from a chosen loopback address: libp2p's TCP transport lets the
+/// kernel pick the source, which towards 127.0.0.1 is always 127.0.0.1.
+struct DialFrom(std::net::Ipv4Addr);
+
+impl libp2p::core::Transport for DialFrom {
+    type Output = libp2p::tcp::tokio::TcpStream;
+    type Error = io::Error;
+    type ListenerUpgrade = futures::future::Pending<io::Result<Self::Output>>;
+    type Dial = futures::future::BoxFuture<'static, io::Result<Self::Output>>;
+
+    fn listen_on(
+        &mut self,
+        _: libp2p::core::transport::ListenerId,
+        a: Multiaddr,
+    ) -> Result<(), libp2p::core::transport::TransportError<io::Error>> {
+        Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(a))
+    }
+
+    fn remove_listener(&mut self, _: libp2p::core::transport::ListenerId) -> bool {
+        false
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<io::Error>> {
+        use libp2p::multiaddr::Protocol;
+        let (mut ip, mut port) = (None, None);
+        for p in addr.iter() {
+            match p {
+                Protocol::Ip4(a) => ip = Some(a),
+                Protocol::Tcp(p) => port = Some(p),
+                _ => {}
+            }
+        }
+        let (Some(ip), Some(port)) = (ip, port) else {
+            return Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr));
+        };
+        let source = self.0;
+        Ok(Box::pin(async move {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.bind((source, 0).into())?;
+            Ok(libp2p::tcp::tokio::TcpStream(
+                s.connect((ip, port).into()).await?,
+            ))
+        }))
+    }
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, io::Error>>
+    {
+        std::task::Poll::Pending
+    }
+}
+
+/// Connects to `addr` from `source` (a 127.0.0.x address of its own) with a new peer id
+/// and, once connected, sends `garbage` bad frames on `protocol`. Returns whether the
+/// connection was established.
+fn connect_from(
+    rt: &tokio::runtime::Runtime,
+    source: &str,
+    addr: &Multiaddr,
+    protocol: &StreamProtocol,
+    garbage: usize,
+) -> bool {
+    rt.block_on(async {
+        use libp2p::core::Transport as _;
+        let from = DialFrom(source.parse().unwrap());
+        let mut s = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(|key| {
+                from.upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key).unwrap())
+                    .multiplex(yamux::Config::default())
+            })
+            .unwrap()
+            .with_behaviour(|_| RawPair {
+                status: raw(protocol),
+                sync: raw(protocol),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let target = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        s.dial(addr.clone()).unwrap();
+        let mut established = false;
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, s.select_next_some()).await {
+                Ok(ev) => ev,
+                Err(_) => return established,
+            };
+            match ev {
+                SwarmEvent::ConnectionEstablished { .. } if !established => {
+                    established = true;
+                    if garbage == 0 {
+                        return true;
+                    }
+                    let frames = bad_frames();
+                    for i in 0..garbage {
+                        let f = frames[i % (frames.len() - 1)].clone();
+                        s.behaviour_mut().sync.send_request(&target.unwrap(), f);
+                    }
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => return established,
+                SwarmEvent::OutgoingConnectionError { .. } if !established => return false,
+                _ => {}
+            }
+        }
+    })
+}
+
+#[test]
+fn several_banned_peer_ids_from_one_address_ban_the_address_until_it_expires() {
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("ipbantest", 100);
+    let home = net.node_home_with(&root.path().join("n"), None, |c| {
+        c.p2p.ban_secs = 30;
+    });
+    net.build_chain(&home, 5, 1);
+    let mut node = Node::start_run(&home, &[]);
+    let addr: Multiaddr = node.p2p_addr().parse().unwrap();
+    let sync = StreamProtocol::try_from_owned("/chainmesh/ipbantest/sync/1".into()).unwrap();
+    let rt = runtime();
+    let (bad, good) = ("127.0.0.7", "127.0.0.8");
+
+    // Peer ids from 127.0.0.7 send garbage until the node bans the address (three banned
+    // peer ids by default); each costs 40 points a frame, a ban is at -90.
+    let started = Instant::now();
+    let mut identities = 0;
+    while !node.log().contains("banning an address") && identities < 10 {
+        connect_from(&rt, bad, &addr, &sync, 12);
+        identities += 1;
+    }
+    let log = node.log();
+    let peer_bans = log.matches("banning peer").count();
+    assert!(
+        log.contains("banning an address") && log.contains(bad),
+        "no address ban after {identities} peer ids ({peer_bans} peer bans)\n{}",
+        node.log_tail()
+    );
+    eprintln!(
+        "ip ban: address banned after {identities} peer ids from {bad} ({peer_bans} peer bans) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let banned_at = Instant::now();
+    // A new peer id from the banned address is refused before any handshake; one from
+    // another address is not, nor is the exempt 127.0.0.1.
+    assert!(
+        !connect_from(&rt, bad, &addr, &sync, 0),
+        "a banned address got in"
+    );
+    assert!(
+        connect_from(&rt, good, &addr, &sync, 0),
+        "another address was refused"
+    );
+    assert!(
+        connect_from(&rt, "127.0.0.1", &addr, &sync, 0),
+        "loopback was refused"
+    );
+
+    // The address ban survives a restart (it is kept with the peer bans).
+    node.kill9();
+    let _ = std::fs::remove_file(home.join("data/p2p.addrs"));
+    let mut node = Node::start_run(&home, &[]);
+    let addr: Multiaddr = node.p2p_addr().parse().unwrap();
+    assert!(
+        !connect_from(&rt, bad, &addr, &sync, 0),
+        "the address ban was lost on restart"
+    );
+    assert!(connect_from(&rt, good, &addr, &sync, 0));
+
+    // And it expires with the latest of its peer bans (30 s).
+    let mut back = false;
+    while !back && banned_at.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(2));
+        back = connect_from(&rt, bad, &addr, &sync, 0);
+    }
+    assert!(back, "the address ban did not expire\n{}", node.log_tail());
+    eprintln!(
+        "ip ban: lifted {:.1} s after it began (ban_secs = 30)",
+        banned_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        node.log().contains("address ban expired") || node.log().contains("address still banned")
+    );
+    node.kill9();
+}

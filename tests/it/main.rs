@@ -8,6 +8,7 @@ mod dashboard;
 mod dev_node;
 mod devnet;
 mod forks;
+mod fuzz;
 mod gossip;
 mod hostile;
 mod interop;

@@ -105,6 +105,10 @@ pub fn config(network_id: &str, mina: bool) -> Result<gossipsub::Config, String>
         .map_err(|e| e.to_string())
 }
 
+/// At or below this gossip score a peer's messages are ignored; the node also counts it
+/// as a fault each second the peer stays connected (a graylisted peer only costs us).
+pub const GRAYLIST_THRESHOLD: f64 = -80.0;
+
 /// Peer scoring: thresholds and per-topic parameters (documented in the module header).
 pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) {
     let mut p = PeerScoreParams {
@@ -144,7 +148,7 @@ pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) 
     let t = PeerScoreThresholds {
         gossip_threshold: -10.0,
         publish_threshold: -40.0,
-        graylist_threshold: -80.0,
+        graylist_threshold: GRAYLIST_THRESHOLD,
         accept_px_threshold: 10.0,
         opportunistic_graft_threshold: 3.0,
     };

@@ -6,6 +6,12 @@
 //! expiry. Memory is bounded: scores of at most `max_peers` peers are kept (the ones
 //! closest to zero are forgotten first: they carry the least information).
 
+pub mod filter;
+pub mod ip;
+
+pub use filter::{AddressBanned, ip_of};
+pub use ip::{IpBanConfig, IpBans};
+
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -26,6 +32,10 @@ pub enum Fault {
     /// A gossip message no honest node would forward (invalid transaction or block,
     /// undecodable payload). Gossipsub scores it too; this makes repeat offenders leave.
     InvalidMessage,
+    /// Still connected while gossipsub ignores it (its gossip score at or below the
+    /// graylist threshold, through invalid messages or broken promises): counted each
+    /// second, so a flooder that comes back after a disconnect is banned, not tolerated.
+    Graylisted,
 }
 
 impl Fault {
@@ -38,6 +48,7 @@ impl Fault {
             Fault::Invalid => 100.0,
             Fault::Incompatible => 1_000.0,
             Fault::InvalidMessage => 20.0,
+            Fault::Graylisted => 20.0,
         }
     }
 }

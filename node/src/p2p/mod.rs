@@ -365,6 +365,9 @@ struct Net {
     tip_moved: Instant,
     last_tip: Hash,
     pending_bans: Vec<(PeerId, Instant)>,
+    /// The IP address each recent peer came from, kept past its disconnection: frames
+    /// still in flight can get a peer banned after it is gone, and its address counts.
+    peer_ips: hashlink::LruCache<PeerId, std::net::IpAddr>,
     sync_view: watch::Sender<SyncView>,
     samples: VecDeque<(Instant, u64)>,
     last_progress_log: Instant,
@@ -442,16 +445,20 @@ pub fn start(
     let now = now_ms();
     for r in bans.iter() {
         let (k, v) = r?;
-        let (Ok(peer), Ok(until)) = (PeerId::from_bytes(&k), <[u8; 8]>::try_from(v.as_ref()))
-        else {
+        let (Ok(peer), Some((until, ip))) = (PeerId::from_bytes(&k), decode_ban(&v)) else {
             continue;
         };
-        let until = u64::from_be_bytes(until);
         if until > now {
             if let Some(old) = scores.ban(&peer, until) {
                 swarm.behaviour_mut().blocked.unblock_peer(old);
             }
             swarm.behaviour_mut().blocked.block_peer(peer);
+            if let Some(ip) = ip {
+                let b = &mut swarm.behaviour_mut().ip_filter.bans;
+                if let Some(until) = b.peer_banned(ip, peer, until, now) {
+                    tracing::info!(address = %ip, ban_secs = (until - now) / 1000, "address still banned");
+                }
+            }
         } else {
             bans.remove(k)?;
         }
@@ -534,6 +541,7 @@ pub fn start(
         tip_moved: Instant::now(),
         last_tip: Hash::ZERO,
         pending_bans: Vec::new(),
+        peer_ips: hashlink::LruCache::new(4096),
         sync_view: sync_tx,
         samples: VecDeque::new(),
         last_progress_log: Instant::now(),
@@ -796,6 +804,9 @@ impl Net {
                     self.bootstrap_peers.insert(b.clone(), peer_id);
                 }
                 self.nat_on_connected(peer_id, connection_id, &address, inbound);
+                if let Some(ip) = chainmesh_behaviours::peers::ip_of(&address) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
                 if let Some(p) = self.peers.get_mut(&peer_id)
                     && is_relayed(&p.address)
                     && !is_relayed(&address)
@@ -1301,8 +1312,20 @@ impl Net {
                 if fault != Fault::Incompatible {
                     tracing::info!(peer = %peer, ?fault, %detail, ban_secs = (until_ms - now) / 1000, "banning peer");
                 }
-                if let Err(e) = self.bans.insert(peer.to_bytes(), &until_ms.to_be_bytes()) {
+                let ip = self.peer_ips.get(&peer).copied();
+                if let Err(e) = self.bans.insert(peer.to_bytes(), encode_ban(until_ms, ip)) {
                     tracing::warn!(error = %e, "cannot persist a ban");
+                }
+                // Durable at once, off the event loop: a crash must not free a banned
+                // peer (sled coalesces flushes asked for at the same time).
+                let tree = self.bans.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = tree.flush_async().await {
+                        tracing::warn!(error = %e, "cannot flush a ban to disk");
+                    }
+                });
+                if let Some(ip) = ip {
+                    self.ban_address(ip, peer, until_ms, now);
                 }
                 self.syncer.peer_gone(&peer, now);
                 if fault == Fault::Incompatible {
@@ -1313,6 +1336,58 @@ impl Net {
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                 }
             }
+        }
+    }
+
+    /// A peer gossipsub has graylisted gains nothing from staying (its messages are
+    /// dropped unread) and costs us its traffic: a fault each second it stays.
+    fn police_graylisted(&mut self) {
+        let threshold = chainmesh_behaviours::gossip::GRAYLIST_THRESHOLD;
+        let gossip = &self.swarm.behaviour().gossip;
+        let graylisted: Vec<(PeerId, f64)> = self
+            .peers
+            .keys()
+            .filter_map(|p| {
+                gossip
+                    .peer_score(p)
+                    .filter(|s| *s <= threshold)
+                    .map(|s| (*p, s))
+            })
+            .collect();
+        for (peer, score) in graylisted {
+            self.fault(
+                peer,
+                Fault::Graylisted,
+                format!("gossip score {score:.0}, at or below the graylist threshold {threshold}"),
+            );
+        }
+    }
+
+    /// Counts a banned peer against its IP address; enough of them ban the address, and
+    /// every peer still connected from it is dropped.
+    fn ban_address(&mut self, ip: std::net::IpAddr, peer: PeerId, until_ms: u64, now: u64) {
+        let bans = &mut self.swarm.behaviour_mut().ip_filter.bans;
+        let Some(until) = bans.peer_banned(ip, peer, until_ms, now) else {
+            return;
+        };
+        let after = bans.config().after;
+        let others: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, e)| {
+                **p != peer && chainmesh_behaviours::peers::ip_of(&e.address) == Some(ip)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        tracing::warn!(
+            address = %ip,
+            banned_peers = after,
+            ban_secs = until.saturating_sub(now) / 1000,
+            disconnected = others.len(),
+            "banning an address: its peer ids keep getting banned"
+        );
+        for p in others {
+            let _ = self.swarm.disconnect_peer_id(p);
         }
     }
 
@@ -1369,6 +1444,7 @@ impl Net {
         self.service_held_permits();
         if self.last_tend.elapsed() >= Duration::from_secs(1) {
             self.last_tend = Instant::now();
+            self.police_graylisted();
             self.tend_peers();
             self.tend_discovery();
             self.tend_relays();
@@ -1385,6 +1461,9 @@ impl Net {
         };
         for p in due {
             self.swarm.behaviour_mut().blocked.block_peer(p);
+        }
+        for ip in self.swarm.behaviour_mut().ip_filter.bans.expire(now) {
+            tracing::info!(address = %ip, "address ban expired");
         }
         for p in self.scores.expire_bans(now) {
             tracing::info!(peer = %p, "ban expired");
@@ -1537,6 +1616,29 @@ impl Net {
 
 /// Most peers the address book keeps.
 const ADDR_BOOK_SIZE: usize = 1024;
+
+/// A persisted ban: its expiry (unix ms, big-endian) and, when known, the IP address the
+/// peer came from (4 or 16 bytes), so that address bans survive restarts too.
+fn encode_ban(until_ms: u64, ip: Option<std::net::IpAddr>) -> Vec<u8> {
+    let mut v = until_ms.to_be_bytes().to_vec();
+    match ip {
+        Some(std::net::IpAddr::V4(a)) => v.extend(a.octets()),
+        Some(std::net::IpAddr::V6(a)) => v.extend(a.octets()),
+        None => {}
+    }
+    v
+}
+
+fn decode_ban(v: &[u8]) -> Option<(u64, Option<std::net::IpAddr>)> {
+    let (until, ip) = v.split_first_chunk::<8>()?;
+    let ip = match ip.len() {
+        0 => None,
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(ip).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(ip).ok()?)),
+        _ => return None,
+    };
+    Some((u64::from_be_bytes(*until), ip))
+}
 
 fn is_relayed(a: &Multiaddr) -> bool {
     a.iter().any(|p| matches!(p, Protocol::P2pCircuit))

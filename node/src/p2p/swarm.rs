@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chainmesh_behaviours::boxed::BoxedHandlers;
-use chainmesh_behaviours::{admission, discovery, gossip, mina, nat, pex, pool, status, sync};
+use chainmesh_behaviours::{
+    admission, discovery, gossip, mina, nat, peers, pex, pool, status, sync,
+};
 use chainmesh_proto::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -20,6 +22,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First: a banned address is refused before the other behaviours count it.
+    pub ip_filter: peers::filter::Behaviour,
     pub limits: connection_limits::Behaviour,
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
@@ -75,6 +79,11 @@ pub fn build(
         .with_max_established_per_peer(Some(cfg.max_per_peer))
         .with_max_pending_incoming(Some(cfg.max_pending))
         .with_max_pending_outgoing(Some(cfg.max_pending));
+    let ip_bans = peers::IpBanConfig {
+        after: cfg.ip_ban_after,
+        exempt: cfg.ip_ban_exempt.iter().copied().collect(),
+        ..peers::IpBanConfig::default()
+    };
     let net = network_id.to_string();
     let discovery_cfg = discovery::Config {
         kademlia: cfg.discovery.kademlia,
@@ -101,6 +110,7 @@ pub fn build(
     };
     let parts = Parts {
         limits,
+        ip_bans,
         net,
         timeout,
         discovery: discovery_cfg,
@@ -157,6 +167,7 @@ pub fn kad_protocol(network_id: &str, cfg: &P2pConfig) -> libp2p::StreamProtocol
 /// What the behaviour is made of, decided before the transport is.
 struct Parts {
     limits: connection_limits::ConnectionLimits,
+    ip_bans: peers::IpBanConfig,
     net: String,
     timeout: Duration,
     discovery: discovery::Config,
@@ -175,6 +186,7 @@ fn make(
 ) -> Result<BoxedHandlers<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let Parts {
         limits,
+        ip_bans,
         net,
         timeout,
         discovery: discovery_cfg,
@@ -186,6 +198,7 @@ fn make(
     } = parts;
     let me = key.public().to_peer_id();
     Ok(BoxedHandlers(Behaviour {
+        ip_filter: peers::filter::Behaviour::new(ip_bans),
         limits: connection_limits::Behaviour::new(limits),
         blocked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(
