@@ -13,7 +13,10 @@
 #
 # Stable toolchain: no sanitizer (`-s none`; AddressSanitizer needs nightly). Our decoders
 # are safe Rust, so what fuzzing looks for here is panics, overflows (checks are on), and
-# the targets' own assertions (round trips, caps).
+# the targets' own assertions (round trips, caps). Built with `--dev`, whose profile in
+# tests/fuzz/Cargo.toml is optimised (opt-level 1) without debug info: 5 min 54 s cold on
+# two cores against 10 min 45 s for cargo fuzz's release build, at the same speed
+# (block: 149,000 runs/s against 125,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,7 @@ fi
 
 dir=(--fuzz-dir tests/fuzz)
 echo "== building the fuzz targets (coverage instrumentation, tests/fuzz/target)"
-cargo fuzz build "${dir[@]}" -s none
+cargo fuzz build "${dir[@]}" -s none --dev
 
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list "${dir[@]}")
@@ -51,7 +54,7 @@ for t in "${targets[@]}"; do
   log=target/fuzz-corpus/$t.log
   # -rss_limit_mb: a decoder that allocates beyond its cap shows up as an out-of-memory
   # finding; 2 GiB is far above any cap of ours (8 MiB at most).
-  if ! cargo fuzz run "${dir[@]}" -s none "$t" "$work" "$seeds" -- \
+  if ! cargo fuzz run "${dir[@]}" -s none --dev "$t" "$work" "$seeds" -- \
       -max_total_time="$per" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
       >"$log" 2>&1; then
     tail -40 "$log" >&2

@@ -28,6 +28,7 @@ pub mod peers;
 pub mod pex;
 pub mod pool;
 pub mod rate_limit;
+pub mod repeats;
 pub mod status;
 pub mod sync;
 

@@ -27,6 +27,8 @@ pub enum Fault {
     Invalid,
     /// Asking faster than the limits we advertised.
     RateExceeded,
+    /// The same request again and again within a short window (under the rate or not).
+    Repeated,
     /// Another network, genesis or an unsupported version.
     Incompatible,
     /// A gossip message no honest node would forward (invalid transaction or block,
@@ -39,10 +41,38 @@ pub enum Fault {
 }
 
 impl Fault {
+    pub const ALL: [Fault; 9] = [
+        Fault::Timeout,
+        Fault::Malformed,
+        Fault::BadData,
+        Fault::Invalid,
+        Fault::RateExceeded,
+        Fault::Repeated,
+        Fault::Incompatible,
+        Fault::InvalidMessage,
+        Fault::Graylisted,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Timeout => "timeout",
+            Fault::Malformed => "malformed",
+            Fault::BadData => "bad_data",
+            Fault::Invalid => "invalid",
+            Fault::RateExceeded => "rate_exceeded",
+            Fault::Repeated => "repeated",
+            Fault::Incompatible => "incompatible",
+            Fault::InvalidMessage => "invalid_message",
+            Fault::Graylisted => "graylisted",
+        }
+    }
+
     pub fn cost(self) -> f64 {
         match self {
             Fault::Timeout => 10.0,
             Fault::RateExceeded => 10.0,
+            Fault::Repeated => 10.0,
             Fault::Malformed => 40.0,
             Fault::BadData => 40.0,
             Fault::Invalid => 100.0,

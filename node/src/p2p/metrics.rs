@@ -40,6 +40,11 @@ pub struct ProtocolDirection {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultKind {
+    pub fault: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Request {
     pub request: &'static str,
 }
@@ -108,6 +113,7 @@ pub struct NodeMetrics {
     pool_txs_added: Counter,
     relay_circuits: Counter,
     admissions: Family<Verdict, Counter>,
+    peer_faults: Family<FaultKind, Counter>,
     /// Last totals seen, to turn running totals into counter increments.
     seen: std::sync::Mutex<Vec<u64>>,
 }
@@ -127,6 +133,15 @@ pub struct Snapshot<'a> {
 }
 
 impl NodeMetrics {
+    /// Counted as it happens (faults are rare, and a test reads them at once).
+    pub fn fault(&self, fault: chainmesh_behaviours::peers::Fault) {
+        self.peer_faults
+            .get_or_create(&FaultKind {
+                fault: fault.name(),
+            })
+            .inc();
+    }
+
     pub fn register(r: &mut Registry) -> std::sync::Arc<NodeMetrics> {
         let m = std::sync::Arc::new(NodeMetrics::default());
         let r = r.sub_registry_with_prefix("chainmesh");
@@ -192,6 +207,16 @@ impl NodeMetrics {
             "Our sync-protocol requests that failed, by kind and reason",
             m.request_failures.clone(),
         );
+        r.register(
+            "peer_faults",
+            "Faults scored against peers, by class (docs/security.md gives each one's cost)",
+            m.peer_faults.clone(),
+        );
+        for fault in chainmesh_behaviours::peers::Fault::ALL {
+            let _ = m.peer_faults.get_or_create(&FaultKind {
+                fault: fault.name(),
+            });
+        }
         // Every series from the start, at zero: a rate over a series that appears late
         // misses its first increments.
         for request in REQUEST_KINDS {

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chainmesh_behaviours::codec::{Inbound, Malformed};
 use chainmesh_behaviours::peers::{Fault, PeerScores, ScoreConfig, Verdict};
+use chainmesh_behaviours::repeats::Repeats;
 use chainmesh_behaviours::status::{ChainStatus, PROTOCOL_VERSION, ServeLimit, check_compatible};
 use chainmesh_behaviours::sync::{Request, Response};
 use chainmesh_behaviours::{Quota, RateLimiter};
@@ -352,6 +353,8 @@ struct Net {
     /// Pulled transactions on their way into the pool.
     ingest: mpsc::Sender<pool_sync::Pulled>,
     limiter: RateLimiter<PeerId>,
+    /// Sync requests repeated within a short window, per peer.
+    repeats: Repeats<PeerId>,
     serving: usize,
     served_tx: mpsc::Sender<(ResponseChannel<pb_net::SyncResponse>, Response)>,
     import_tx: mpsc::Sender<ImportResult>,
@@ -528,6 +531,14 @@ pub fn start(
         ingest,
         limiter: RateLimiter::new(
             Quota::new(rps, rps.saturating_mul(2)),
+            p.cfg.max_connections as usize * 2,
+        ),
+        // An honest node asks once and retries once after a timeout (10 s, outside the
+        // window); a third identical request within 2 s is spam.
+        repeats: Repeats::new(
+            Duration::from_secs(2),
+            1,
+            32,
             p.cfg.max_connections as usize * 2,
         ),
         serving: 0,
@@ -865,6 +876,7 @@ impl Net {
                 self.peers.remove(&peer_id);
                 self.syncer.peer_gone(&peer_id, now_ms());
                 self.limiter.remove(&peer_id);
+                self.repeats.remove(&peer_id);
                 self.pex_limiter.remove(&peer_id);
                 self.relay.peer_gone(&peer_id);
                 self.pull.remove_peer(&peer_id);
@@ -1198,6 +1210,12 @@ impl Net {
                 return;
             }
         };
+        let digest = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            raw.encode_to_vec().hash(&mut h);
+            h.finish()
+        };
         let req = match Request::from_pb(raw) {
             Ok(r) => r,
             Err(e) => {
@@ -1215,21 +1233,31 @@ impl Net {
                 return;
             }
         };
-        if self.limiter.check(&peer, 1, Instant::now()).is_err() {
-            let resp = Response::Error(ServeError::RateLimited(format!(
-                "more than {} requests per second",
-                self.cfg.sync_requests_per_second
-            )));
+        let now = Instant::now();
+        let refusal = if self.limiter.check(&peer, 1, now).is_err() {
+            Some((
+                Fault::RateExceeded,
+                format!(
+                    "more than {} requests per second",
+                    self.cfg.sync_requests_per_second
+                ),
+            ))
+        } else if self.repeats.repeated(&peer, digest, now) {
+            Some((
+                Fault::Repeated,
+                "the same request three times within 2 s: ask once, retry once".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((fault, why)) = refusal {
+            let resp = Response::Error(ServeError::RateLimited(why.clone()));
             let _ = self
                 .swarm
                 .behaviour_mut()
                 .sync
                 .send_response(channel, resp.to_pb());
-            self.fault(
-                peer,
-                Fault::RateExceeded,
-                "sync requests above the advertised rate".into(),
-            );
+            self.fault(peer, fault, format!("sync: {why}"));
             return;
         }
         if self.serving >= MAX_SERVING {
@@ -1288,6 +1316,7 @@ impl Net {
             // Already banned: frames still in flight add nothing.
             return;
         }
+        self.node_metrics.fault(fault);
         let (verdict, evicted) = self.scores.penalize_evicting(&peer, fault, now);
         // Gossipsub weighs our score in its own (application score, weight 1), so a peer
         // at fault here loses its mesh places and is graylisted there too.
