@@ -19,8 +19,10 @@ if [ "${1:-}" = "--refresh" ]; then
 fi
 
 if ! command -v cargo-audit >/dev/null; then
+  # Without binary scanning (we audit the lockfile, not binaries) and unoptimised: the
+  # tool reads a few hundred advisories, and its build is most of this step's time.
   echo "== installing cargo-audit (crates.io)"
-  cargo install cargo-audit --locked --quiet
+  cargo install cargo-audit --locked --quiet --no-default-features --debug
 fi
 
 db=target/advisory-db

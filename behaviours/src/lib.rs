@@ -11,6 +11,7 @@
 //! - [`mina`]: the Mina profile's gossip topics, message ids and `/mina/peer-exchange`.
 //! - [`admission`]: `/chainmesh/admission/1`, proof of work before a relay reservation.
 //! - [`peers`]: scores and bans.
+//! - [`guard`]: inbound stream budgets for gossipsub, Kademlia and identify.
 //! - [`codec`]: size-capped protobuf framing for request-response protocols.
 //! - [`rate_limit`]: per-peer token buckets with a bounded key set.
 //!
@@ -22,6 +23,7 @@ pub mod boxed;
 pub mod codec;
 pub mod discovery;
 pub mod gossip;
+pub mod guard;
 pub mod mina;
 pub mod nat;
 pub mod peers;

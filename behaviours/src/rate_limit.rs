@@ -25,10 +25,43 @@ impl Quota {
     }
 }
 
+/// One token bucket; [`RateLimiter`] keeps one per key.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn new(quota: Quota, now: Instant) -> Bucket {
+        Bucket {
+            tokens: f64::from(quota.burst),
+            last: now,
+        }
+    }
+
+    /// Takes `cost` tokens if the bucket has them after refilling up to `now`.
+    pub fn take(&mut self, q: Quota, cost: u32, now: Instant) -> Result<(), Limited> {
+        let cost = f64::from(cost);
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * q.per_second).min(f64::from(q.burst));
+        self.last = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            Ok(())
+        } else {
+            let missing = cost.min(f64::from(q.burst)) - self.tokens;
+            let wait = if cost > f64::from(q.burst) {
+                f64::from(q.burst) / q.per_second
+            } else {
+                missing / q.per_second
+            };
+            Err(Limited {
+                retry_after: Duration::from_secs_f64(wait.max(0.0)),
+            })
+        }
+    }
 }
 
 /// Why a request was refused, and when the same cost would next be allowed.
@@ -68,31 +101,13 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// never pass and is refused with the time a full bucket would need.
     pub fn check(&mut self, key: &K, cost: u32, now: Instant) -> Result<(), Limited> {
         let q = self.quota;
-        let cost = f64::from(cost);
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
             self.evict_idlest();
         }
-        let b = self.buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: f64::from(q.burst),
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * q.per_second).min(f64::from(q.burst));
-        b.last = now;
-        if b.tokens >= cost {
-            b.tokens -= cost;
-            Ok(())
-        } else {
-            let missing = cost.min(f64::from(q.burst)) - b.tokens;
-            let wait = if cost > f64::from(q.burst) {
-                f64::from(q.burst) / q.per_second
-            } else {
-                missing / q.per_second
-            };
-            Err(Limited {
-                retry_after: Duration::from_secs_f64(wait.max(0.0)),
-            })
-        }
+        self.buckets
+            .entry(key.clone())
+            .or_insert(Bucket::new(q, now))
+            .take(q, cost, now)
     }
 
     /// Forgets a key (a peer that disconnected).

@@ -36,6 +36,9 @@ pub struct P2pConfig {
     pub max_outbound: u32,
     pub max_per_peer: u32,
     pub max_pending: u32,
+    /// Inbound handshakes under way from one IP address at once (0: no cap); addresses in
+    /// `ip_ban_exempt` are not capped.
+    pub max_pending_per_ip: u32,
     /// Status is re-exchanged with every peer at this interval.
     pub status_interval_secs: u64,
     /// Bootstrap peers that are not connected are redialled at this interval.
@@ -208,6 +211,7 @@ impl Default for P2pConfig {
             max_outbound: 48,
             max_per_peer: 2,
             max_pending: 32,
+            max_pending_per_ip: 8,
             status_interval_secs: 120,
             redial_secs: 10,
             request_timeout_secs: 10,
@@ -501,6 +505,10 @@ max_inbound = {max_in}
 max_outbound = {max_out}
 max_per_peer = {per_peer}
 max_pending = {pending}
+# Handshakes under way from one IP address at once, so that one host holding connections
+# that never finish cannot take every pending slot (0: no cap; `ip_ban_exempt` is not
+# capped).
+max_pending_per_ip = {pending_per_ip}
 # Status is re-exchanged with every peer this often; disconnected bootstrap peers are
 # redialled this often.
 status_interval_secs = {status_iv}
@@ -617,6 +625,7 @@ max_bits = {adm_max_bits}
         max_out = p.max_outbound,
         per_peer = p.max_per_peer,
         pending = p.max_pending,
+        pending_per_ip = p.max_pending_per_ip,
         status_iv = p.status_interval_secs,
         redial = p.redial_secs,
         req_to = p.request_timeout_secs,

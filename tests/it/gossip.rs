@@ -410,6 +410,12 @@ fn a_flood_of_invalid_txs_is_cut_off_and_honest_txs_still_reach_every_node() {
                 })
                 .await;
             }
+            // The node polices graylisted peers once a second: a reconnection made just
+            // before the flood ended gets that second (and some) to be banned.
+            let settle = tokio::time::Instant::now() + Duration::from_secs(3);
+            while s.connected_peers().count() > 0 && tokio::time::Instant::now() < settle {
+                let _ = tokio::time::timeout(Duration::from_millis(50), s.select_next_some()).await;
+            }
             (i, published, refused, redials, s.connected_peers().count())
         })
     });

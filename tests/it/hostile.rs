@@ -194,7 +194,7 @@ fn a_peer_serving_bad_signatures_is_banned_and_sync_completes_from_an_honest_one
 
 /// Writes its request bytes as they are (no framing), reads whatever comes back.
 #[derive(Clone, Default)]
-struct Raw;
+pub struct Raw;
 
 impl request_response::Codec for Raw {
     type Protocol = StreamProtocol;
@@ -242,14 +242,14 @@ struct RawPair {
     sync: request_response::Behaviour<Raw>,
 }
 
-fn raw(p: &StreamProtocol) -> request_response::Behaviour<Raw> {
+pub fn raw(p: &StreamProtocol) -> request_response::Behaviour<Raw> {
     request_response::Behaviour::new(
         [(p.clone(), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
     )
 }
 
-fn varint(mut v: u64) -> Vec<u8> {
+pub fn varint(mut v: u64) -> Vec<u8> {
     let mut out = Vec::new();
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -409,7 +409,7 @@ fn node_with_gossip_debug(net: &TestNet, dir: &std::path::Path) -> Node {
 }
 
 /// A protobuf length-delimited field.
-fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+pub fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend(varint(bytes.len() as u64));
     v.extend_from_slice(bytes);
@@ -512,7 +512,10 @@ fn prune_with_huge_backoffs_is_handled_and_the_node_goes_on() {
 
 /// multistream-select 1.0 as the dialer, for one protocol: the header and the protocol
 /// out, both echoed back (each a varint-length-prefixed line).
-async fn select<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T, protocol: &str) -> io::Result<()> {
+pub async fn select<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    protocol: &str,
+) -> io::Result<()> {
     let line = |s: &str| {
         [
             varint(s.len() as u64 + 1),
@@ -547,19 +550,47 @@ fn data_syn(len: u32) -> Vec<u8> {
     h
 }
 
-/// GHSA-vxx9-2994-q338 (yamux < 0.13.10): a Data|SYN frame announcing far more than a
-/// stream's receive window (256 KiB) must end the connection at once, without buffering
-/// more than yamux's 1 MiB frame cap. 200 connections, each sending one such frame
-/// (lengths up to 4 GiB − 1): every one refused within a second — closed at once over
-/// the cap, a GoAway within it (yamux then waits for the peer to close; closing such a
-/// connection ourselves is part of the malformed-frame work of issue 9) — and RSS flat.
-#[test]
-fn oversized_yamux_data_syn_frames_are_refused_at_once() {
+/// TCP to `addr` (no peer id), then Noise and `/yamux/1.0.0` negotiated by hand: what
+/// follows is the caller's own yamux frames, not a muxer's. Within 10 s.
+pub async fn yamux_by_hand(
+    addr: &Multiaddr,
+    key: &identity::Keypair,
+) -> io::Result<libp2p::noise::Output<libp2p::tcp::tokio::TcpStream>> {
     use libp2p::Transport;
     use libp2p::core::Endpoint;
     use libp2p::core::transport::{DialOpts, PortUse};
     use libp2p::core::upgrade::OutboundConnectionUpgrade;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default())
+        .dial(
+            addr.clone(),
+            DialOpts {
+                role: Endpoint::Dialer,
+                port_use: PortUse::New,
+            },
+        )
+        .map_err(io::Error::other)?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tcp = tcp.await?;
+        select(&mut tcp, "/noise").await?;
+        let (_, mut io) = noise::Config::new(key)
+            .map_err(io::Error::other)?
+            .upgrade_outbound(tcp, "/noise")
+            .await
+            .map_err(io::Error::other)?;
+        select(&mut io, "/yamux/1.0.0").await?;
+        io::Result::Ok(io)
+    })
+    .await?
+}
 
+/// GHSA-vxx9-2994-q338 (yamux < 0.13.10): a Data|SYN frame announcing far more than a
+/// stream's receive window (256 KiB) must end the connection at once, without buffering
+/// more than yamux's 1 MiB frame cap. 200 connections, each sending one such frame
+/// (lengths up to 4 GiB − 1): every one closed within a second — at once over the cap;
+/// within it after a GoAway, which the node follows with the close itself and scores
+/// (`node/src/p2p/muxer.rs`) — and RSS flat.
+#[test]
+fn oversized_yamux_data_syn_frames_are_refused_at_once() {
     let root = tempfile::tempdir().unwrap();
     let net = TestNet::new("yamuxtest", 10);
     let home = net.node_home(&root.path().join("n"));
@@ -587,6 +618,10 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
     let rt = runtime();
     let mut rss_after_warmup = 0;
     let mut took = Vec::new();
+    let mut go_aways = 0;
+    let malformed_before = node
+        .metric("chainmesh_peer_faults_total", &[("fault", "malformed")])
+        .unwrap_or(0.0) as usize;
     let started = Instant::now();
     for i in 0..ATTEMPTS {
         if started.elapsed() > Duration::from_secs(90) {
@@ -594,31 +629,7 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
         }
         let key = identity::Keypair::generate_ed25519();
         let closed_in = rt.block_on(async {
-            // TCP, then Noise and `/yamux/1.0.0` negotiated by hand: what follows is
-            // our own yamux frames, not a muxer's.
-            let tcp = tcp::tokio::Transport::new(tcp::Config::default())
-                .dial(
-                    addr.clone(),
-                    DialOpts {
-                        role: Endpoint::Dialer,
-                        port_use: PortUse::New,
-                    },
-                )
-                .unwrap();
-            let mut io = tokio::time::timeout(Duration::from_secs(10), async {
-                let mut tcp = tcp.await?;
-                select(&mut tcp, "/noise").await?;
-                let (_, mut io) = noise::Config::new(&key)
-                    .unwrap()
-                    .upgrade_outbound(tcp, "/noise")
-                    .await
-                    .map_err(io::Error::other)?;
-                select(&mut io, "/yamux/1.0.0").await?;
-                io::Result::Ok(io)
-            })
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
+            let mut io = yamux_by_hand(&addr, &key).await.expect("handshake");
             let sent_at = Instant::now();
             let len = lengths[i % lengths.len()];
             let body = if len <= MIB { len as usize } else { 64 * 1024 };
@@ -628,17 +639,18 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
             let _ = io.write_all(&frame).await;
             let _ = io.flush().await;
             // Over the 1 MiB cap the node closes at once; within it, yamux answers with
-            // a GoAway (protocol error) and leaves the closing to us, so a GoAway counts
-            // as the node's refusal too. Frames from the node are parsed to find it.
+            // a GoAway (protocol error), after which the node closes too (yamux alone
+            // would wait for us to). Frames from the node are parsed to see the GoAway.
             let refused = async {
+                let mut go_away = false;
                 loop {
                     let mut h = [0u8; 12];
                     if io.read_exact(&mut h).await.is_err() {
-                        return "closed";
+                        return if go_away { "go away, closed" } else { "closed" };
                     }
                     let len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as u64;
                     match h[1] {
-                        3 => return "go away",
+                        3 => go_away = true,
                         0 => {
                             let mut body = (&mut io).take(len);
                             if futures::io::copy(&mut body, &mut futures::io::sink())
@@ -662,8 +674,9 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
             Some((t, how)) => {
                 assert!(
                     how == "closed" || len <= MIB,
-                    "a {len}-byte frame was answered with a GoAway, not a close"
+                    "a {len}-byte frame was answered with a GoAway before the close"
                 );
+                go_aways += usize::from(how != "closed");
                 took.push(t);
             }
             None => {
@@ -685,8 +698,23 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
         took[n / 2],
         slowest
     );
+    // Each GoAway the node sent is a protocol error scored against the peer.
+    let malformed = || {
+        node.metric("chainmesh_peer_faults_total", &[("fault", "malformed")])
+            .unwrap_or(0.0) as usize
+    };
+    let scored = malformed() - malformed_before;
+    eprintln!("yamux: {go_aways} GoAways before the close; {scored} malformed frames scored");
     assert!(node.is_running(), "node died:\n{}", node.log_tail());
     assert_eq!(n, ATTEMPTS, "only {n} attempts in the time bound");
+    assert!(
+        go_aways > 0,
+        "no frame within the cap was answered with a GoAway"
+    );
+    assert!(
+        scored >= n,
+        "{scored} of {n} connections scored as malformed"
+    );
     assert!(
         slowest <= Duration::from_secs(1),
         "a connection went unrefused {slowest:?} after its oversized frame"
@@ -700,7 +728,7 @@ fn oversized_yamux_data_syn_frames_are_refused_at_once() {
 
 /// TCP dials that leave from a chosen loopback address: libp2p's TCP transport lets the
 /// kernel pick the source, which towards 127.0.0.1 is always 127.0.0.1.
-struct DialFrom(std::net::Ipv4Addr);
+pub struct DialFrom(pub std::net::Ipv4Addr);
 
 impl libp2p::core::Transport for DialFrom {
     type Output = libp2p::tcp::tokio::TcpStream;

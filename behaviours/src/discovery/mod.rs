@@ -17,10 +17,11 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{PeerId, StreamProtocol, mdns};
 
 use crate::codec::protocol_name;
+use crate::guard::{Guarded, StreamBudget};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    pub kad: Toggle<kad::Behaviour<MemoryStore>>,
+    pub kad: Toggle<Guarded<kad::Behaviour<MemoryStore>>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -59,7 +60,7 @@ pub fn new(key: &Keypair, cfg: &Config) -> std::io::Result<Behaviour> {
         let mut k = kad::Behaviour::with_config(me, store, c);
         // The node decides the mode (server only when publicly reachable); see nat.
         k.set_mode(Some(kad::Mode::Client));
-        k
+        Guarded::new(k, StreamBudget::KADEMLIA)
     });
     let mdns = if cfg.mdns {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), me)?)

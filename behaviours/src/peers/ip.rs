@@ -15,8 +15,11 @@ use std::net::IpAddr;
 pub struct IpBanConfig {
     /// Banned peer ids from one address that ban the address; 0 never bans an address.
     pub after: usize,
+    /// Never banned nor capped per address (a local devnet's nodes all share one).
     pub exempt: HashSet<IpAddr>,
     pub max_ips: usize,
+    /// Inbound handshakes under way from one address at once; 0: no cap.
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for IpBanConfig {
@@ -29,6 +32,7 @@ impl Default for IpBanConfig {
             ]
             .into(),
             max_ips: 4096,
+            max_pending_per_ip: 8,
         }
     }
 }
@@ -67,6 +71,10 @@ impl<P: Hash + Eq + Clone> IpBans<P> {
 
     pub fn config(&self) -> &IpBanConfig {
         &self.cfg
+    }
+
+    pub fn is_exempt(&self, ip: &IpAddr) -> bool {
+        self.cfg.exempt.contains(ip)
     }
 
     /// Records that `peer`, connected from `ip`, is banned until `until_ms`. Returns the

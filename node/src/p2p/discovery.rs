@@ -46,7 +46,12 @@ impl DiscoveryState {
 
 impl Net {
     fn kad(&mut self) -> Option<&mut kad::Behaviour<kad::store::MemoryStore>> {
-        self.swarm.behaviour_mut().discovery.kad.as_mut()
+        self.swarm
+            .behaviour_mut()
+            .discovery
+            .kad
+            .as_mut()
+            .map(|k| &mut **k)
     }
 
     /// Sets the DHT mode from the config and what we know of our reachability.

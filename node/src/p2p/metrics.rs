@@ -22,6 +22,11 @@ pub struct Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnState {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Band {
     /// good (≥ 0), penalised (−50..0), failing (< −50)
     pub band: &'static str,
@@ -108,6 +113,7 @@ pub struct NodeMetrics {
     mempool_bytes: Gauge,
     mempool_orphans: Gauge,
     peers: Family<Direction, Gauge>,
+    connections: Family<ConnState, Gauge>,
     peer_scores: Family<Band, Gauge>,
     gossip: Family<Verdict, Counter>,
     pool_txs_added: Counter,
@@ -127,6 +133,8 @@ pub struct Snapshot<'a> {
     pub mempool_orphans: usize,
     pub inbound: usize,
     pub outbound: usize,
+    /// Connections by state: established or pending, in or out.
+    pub connections: [(&'static str, u32); 4],
     /// Our score of each connected peer.
     pub scores: &'a [f64],
     pub stats: &'a NetStats,
@@ -164,6 +172,11 @@ impl NodeMetrics {
             m.mempool_orphans.clone(),
         );
         r.register("peers", "Connected peers by direction", m.peers.clone());
+        r.register(
+            "connections",
+            "Connections by state (established or pending, in or out), against p2p.max_* caps",
+            m.connections.clone(),
+        );
         r.register(
             "peer_scores",
             "Connected peers by score band",
@@ -255,6 +268,11 @@ impl NodeMetrics {
             self.peers
                 .get_or_create(&Direction { direction: d })
                 .set(n as i64);
+        }
+        for (state, n) in s.connections {
+            self.connections
+                .get_or_create(&ConnState { state })
+                .set(i64::from(n));
         }
         let band = |lo: f64, hi: f64| s.scores.iter().filter(|x| **x >= lo && **x < hi).count();
         for (b, n) in [

@@ -100,7 +100,10 @@ pub fn transport(
             })
             .upgrade(Version::V1)
             .authenticate(noise::Config::new(key)?)
-            .multiplex(SelectUpgrade::new(CodaYamux::default(), mplex))
+            .multiplex(SelectUpgrade::new(
+                super::muxer::Watched(CodaYamux::default()),
+                mplex,
+            ))
             .timeout(Duration::from_secs(20))
             .boxed(),
     )

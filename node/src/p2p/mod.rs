@@ -21,8 +21,10 @@ mod discovery;
 mod gossip;
 mod metrics;
 pub mod mina;
+mod muxer;
 mod nat;
 mod pex;
+mod policing;
 mod pool_sync;
 pub mod serve;
 pub mod swarm;
@@ -617,6 +619,7 @@ impl Net {
                 },
                 _ = tick.tick() => self.on_tick(),
             }
+            self.police_streams();
             self.drive_syncer();
             self.flush_gossip_txs();
             self.drive_relay();
@@ -862,8 +865,12 @@ impl Net {
                 peer_id,
                 connection_id,
                 num_established,
+                cause,
                 ..
-            } if num_established > 0 => self.nat_on_closed(peer_id, connection_id),
+            } if num_established > 0 => {
+                self.nat_on_closed(peer_id, connection_id);
+                self.police_close_cause(peer_id, cause.as_ref());
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
@@ -873,6 +880,7 @@ impl Net {
                 self.nat_on_closed(peer_id, connection_id);
                 self.nat_on_peer_gone(&peer_id);
                 tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
+                self.police_close_cause(peer_id, cause.as_ref());
                 self.peers.remove(&peer_id);
                 self.syncer.peer_gone(&peer_id, now_ms());
                 self.limiter.remove(&peer_id);
@@ -963,6 +971,11 @@ impl Net {
                 }
                 self.on_identified(peer_id, &info);
             }
+            BehaviourEvent::Identify(libp2p::identify::Event::Error {
+                peer_id,
+                connection_id,
+                error,
+            }) => self.on_identify_error(peer_id, connection_id, error),
             BehaviourEvent::Ping(libp2p::ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -1474,6 +1487,7 @@ impl Net {
         if self.last_tend.elapsed() >= Duration::from_secs(1) {
             self.last_tend = Instant::now();
             self.police_graylisted();
+            self.drop_silent_peers();
             self.tend_peers();
             self.tend_discovery();
             self.tend_relays();
@@ -1602,6 +1616,13 @@ impl Net {
             .collect();
         let inbound = self.peers.values().filter(|p| p.inbound).count();
         let stats = self.net_stats();
+        let c = self.swarm.network_info().connection_counters().clone();
+        let connections = [
+            ("established_in", c.num_established_incoming()),
+            ("established_out", c.num_established_outgoing()),
+            ("pending_in", c.num_pending_incoming()),
+            ("pending_out", c.num_pending_outgoing()),
+        ];
         self.node_metrics.update(&metrics::Snapshot {
             height: self.status.borrow().height,
             sync_target: progress.target_height,
@@ -1611,6 +1632,7 @@ impl Net {
             mempool_orphans,
             inbound,
             outbound: self.peers.len() - inbound,
+            connections,
             scores: &scores,
             stats: &stats,
         });

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chainmesh_behaviours::boxed::BoxedHandlers;
+use chainmesh_behaviours::guard::{Guarded, StreamBudget};
 use chainmesh_behaviours::{
     admission, discovery, gossip, mina, nat, peers, pex, pool, status, sync,
 };
@@ -17,6 +18,7 @@ use libp2p::{
     Swarm, allow_block_list, connection_limits, identify, identity, noise, ping, tcp, yamux,
 };
 
+use super::muxer::Watched;
 use crate::config::{P2pConfig, Profile};
 use prometheus_client::registry::Registry;
 
@@ -26,11 +28,11 @@ pub struct Behaviour {
     pub ip_filter: peers::filter::Behaviour,
     pub limits: connection_limits::Behaviour,
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    pub identify: identify::Behaviour,
+    pub identify: Guarded<identify::Behaviour>,
     pub ping: ping::Behaviour,
     pub status: status::Behaviour,
     pub sync: sync::Behaviour,
-    pub gossip: gossip::Behaviour,
+    pub gossip: Guarded<gossip::Behaviour>,
     pub pool: pool::Behaviour,
     pub pex: pex::Behaviour,
     pub discovery: discovery::Behaviour,
@@ -82,6 +84,7 @@ pub fn build(
     let ip_bans = peers::IpBanConfig {
         after: cfg.ip_ban_after,
         exempt: cfg.ip_ban_exempt.iter().copied().collect(),
+        max_pending_per_ip: cfg.max_pending_per_ip as usize,
         ..peers::IpBanConfig::default()
     };
     let net = network_id.to_string();
@@ -127,10 +130,10 @@ pub fn build(
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                Watched::<yamux::Config>::default,
             )?
             .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_relay_client(noise::Config::new, Watched::<yamux::Config>::default)?
             .with_bandwidth_metrics(registry)
             .with_behaviour(|key, relay_client| make(parts, key, relay_client, registry))?
             .with_swarm_config(idle)
@@ -146,7 +149,7 @@ pub fn build(
                     super::mina::transport(key, psk)
                         .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
                 })?
-                .with_relay_client(noise::Config::new, yamux::Config::default)?
+                .with_relay_client(noise::Config::new, Watched::<yamux::Config>::default)?
                 .with_bandwidth_metrics(registry)
                 .with_behaviour(|key, relay_client| make(parts, key, relay_client, registry))?
                 .with_swarm_config(idle)
@@ -201,20 +204,26 @@ fn make(
         ip_filter: peers::filter::Behaviour::new(ip_bans),
         limits: connection_limits::Behaviour::new(limits),
         blocked: allow_block_list::Behaviour::default(),
-        identify: identify::Behaviour::new(
-            identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
-                .with_agent_version(agent())
-                // Its cache would offer every address a peer listens on,
-                // loopback included, to any dial of that peer; ours come
-                // from the address book and Kademlia, filtered.
-                .with_cache_size(0),
+        identify: Guarded::new(
+            identify::Behaviour::new(
+                identify::Config::new(format!("/chainmesh/{net}/1"), key.public())
+                    .with_agent_version(agent())
+                    // Its cache would offer every address a peer listens on,
+                    // loopback included, to any dial of that peer; ours come
+                    // from the address book and Kademlia, filtered.
+                    .with_cache_size(0),
+            ),
+            StreamBudget::IDENTIFY,
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
         status: status::new(&net, timeout, wire.status),
         sync: sync::new(&net, timeout, wire.sync),
-        gossip: gossip::new_for(key, &net, mina)?.with_metrics(
-            registry.sub_registry_with_prefix("gossipsub"),
-            Default::default(),
+        gossip: Guarded::new(
+            gossip::new_for(key, &net, mina)?.with_metrics(
+                registry.sub_registry_with_prefix("gossipsub"),
+                Default::default(),
+            ),
+            StreamBudget::GOSSIPSUB,
         ),
         pool: pool::new(&net, timeout, wire.pool),
         pex: pex::new(&net, timeout, wire.pex),
