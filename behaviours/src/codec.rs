@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chainmesh_proto::codec::{read_frame, write_frame};
+use chainmesh_proto::codec::{FrameError, read_frame, write_frame};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use prost::Message;
@@ -86,12 +86,26 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// What the peer sent was bad (`InvalidData`, which the node scores), or nothing came at
+/// all: a stream closed before its first byte, or a transport error, is no garbage of the
+/// peer's. The peer may have given up on a request it could not answer in time, or the
+/// connection failed under both of us (found healing a network partition: stalled
+/// connections came back with their streams closed, and scoring those as malformed
+/// frames got honest peers disconnected, then banned through gossipsub's graylist).
+fn frame_error(e: FrameError) -> io::Error {
+    match e {
+        FrameError::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()),
+        FrameError::Io(e) => e,
+        e => invalid(e),
+    }
+}
+
 async fn read_msg<M: Message + Default, T: AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
     meter: &WireMeter,
 ) -> io::Result<M> {
-    let frame = read_frame(io, max).await.map_err(invalid)?;
+    let frame = read_frame(io, max).await.map_err(frame_error)?;
     meter.add_in(framed(frame.len()));
     M::decode(frame.as_slice()).map_err(invalid)
 }
@@ -216,11 +230,18 @@ mod tests {
             vec![5u8, 0xff, 0xff, 0xff, 0xff, 0xff],
             vec![0x80, 0x80, 0x80, 0x01],
             vec![10, 1, 2],
-            vec![],
+            vec![0x80],
         ] {
             let mut r = futures::io::Cursor::new(bad.clone());
             let got = block_on(c.read_request(&p, &mut r)).unwrap();
             assert!(got.is_err(), "{bad:?} decoded as {got:?}");
         }
+        // A stream closed before its first byte is no garbage: a stream error, unscored.
+        let mut r = futures::io::Cursor::new(Vec::new());
+        let e = block_on(c.read_request(&p, &mut r)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let mut r = futures::io::Cursor::new(Vec::new());
+        let e = block_on(c.read_response(&p, &mut r)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

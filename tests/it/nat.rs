@@ -344,13 +344,35 @@ fn two_nodes_on_one_lan_find_each_other_by_mdns() {
 }
 
 #[derive(NetworkBehaviour)]
-struct Client {
-    relay: relay::client::Behaviour,
-    admission: admission::Behaviour,
+pub struct Client {
+    pub relay: relay::client::Behaviour,
+    pub admission: admission::Behaviour,
+}
+
+/// A swarm that can reserve on a relay and prove its work to it (the caller is in a tokio
+/// runtime).
+pub fn relay_client() -> libp2p::Swarm<Client> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_, relay| Client {
+            relay,
+            admission: admission::new(false, Duration::from_secs(10), Default::default()),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
 }
 
 /// What a relay answered a listen-through-relay attempt.
-enum Reserve {
+pub enum Reserve {
     Accepted,
     Refused(String),
 }
@@ -380,23 +402,7 @@ fn a_relay_reserves_only_for_peers_with_a_fresh_unused_proof_of_work() {
     };
     let rt = runtime();
     rt.block_on(async {
-        let mut c = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .unwrap()
-            .with_behaviour(|_, relay| Client {
-                relay,
-                admission: admission::new(false, Duration::from_secs(10), Default::default()),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let mut c = relay_client();
         let me = c.local_peer_id().to_bytes();
         c.dial(relay_addr.clone()).unwrap();
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -457,7 +463,7 @@ fn a_relay_reserves_only_for_peers_with_a_fresh_unused_proof_of_work() {
     assert!(relay.log().contains("no admission proof"));
 }
 
-async fn reserve(c: &mut libp2p::Swarm<Client>, circuit: &Multiaddr) -> Reserve {
+pub async fn reserve(c: &mut libp2p::Swarm<Client>, circuit: &Multiaddr) -> Reserve {
     let id = c.listen_on(circuit.clone()).unwrap();
     let deadline = tokio::time::sleep(Duration::from_secs(20));
     tokio::pin!(deadline);
@@ -514,14 +520,14 @@ async fn ask(
     }
 }
 
-async fn challenge(c: &mut libp2p::Swarm<Client>, relay: PeerId) -> admission::Challenge {
+pub async fn challenge(c: &mut libp2p::Swarm<Client>, relay: PeerId) -> admission::Challenge {
     match ask(c, relay, admission::Request::Challenge).await {
         admission::Response::Challenge(ch) => ch,
         other => panic!("expected a challenge, got {other:?}"),
     }
 }
 
-async fn prove(
+pub async fn prove(
     c: &mut libp2p::Swarm<Client>,
     relay: PeerId,
     nonce: [u8; admission::NONCE_BYTES],

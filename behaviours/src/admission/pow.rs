@@ -1,17 +1,25 @@
-//! Hashcash-style admission, without I/O. The gate (a relay) issues a challenge: a random
-//! nonce, a difficulty in bits and an expiry. The peer searches a counter such that the
-//! blake3 digest of the challenge, its own peer id and the counter starts with that many
-//! zero bits, and sends it back. The gate checks one hash, and admits the peer for a while.
+//! Hashcash-style admission, without I/O. The gate (a relay) issues a challenge: a nonce,
+//! a difficulty in bits and an expiry. The peer searches a counter such that the blake3
+//! digest of the challenge, its own peer id and the counter starts with that many zero
+//! bits, and sends it back. The gate admits the peer for a while.
 //!
-//! Binding the digest to the peer id stops one solution from admitting many identities;
-//! each nonce redeems once (a replayed proof is refused), and a challenge is only good
-//! until its expiry, so solutions cannot be stockpiled.
+//! Issuing a challenge stores nothing: its nonce is its expiry and a MAC (keyed blake3,
+//! the gate's secret) of the expiry and the peer id, so the gate recognises its own
+//! challenges by recomputing the MAC. A flood of challenge requests therefore costs no
+//! memory and cannot push an honest peer's challenge out of a table; a proof costs at most
+//! two hashes to check (the MAC, then the work), garbage one.
+//!
+//! Binding the MAC and the digest to the peer id stops one solution from admitting many
+//! identities; each nonce redeems once (a replayed proof is refused; only solved proofs
+//! are remembered, until their expiry), and a challenge is only good until its expiry, so
+//! solutions cannot be stockpiled.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
 /// Separates our digests from any other use of blake3 on the same bytes.
 const DOMAIN: &[u8] = b"chainmesh admission v1";
+const MAC_DOMAIN: &[u8] = b"chainmesh admission challenge v1";
 pub const NONCE_BYTES: usize = 16;
 /// Most difficulty a gate may ask and a client agrees to solve: 2^32 hashes is hours.
 pub const MAX_BITS: u32 = 32;
@@ -66,8 +74,9 @@ pub struct GateConfig {
     pub challenge_ms: u64,
     /// How long an admission lasts.
     pub admitted_ms: u64,
-    /// Most challenges outstanding at once (the oldest is forgotten first).
-    pub max_pending: usize,
+    /// Most redeemed nonces remembered at once (the oldest is forgotten first; each took
+    /// a solved proof to get here).
+    pub max_used: usize,
     /// Most peers admitted at once (the admission ending first is dropped first).
     pub max_admitted: usize,
 }
@@ -78,7 +87,7 @@ impl Default for GateConfig {
             bits: 20,
             challenge_ms: 60_000,
             admitted_ms: 3_600_000,
-            max_pending: 4096,
+            max_used: 4096,
             max_admitted: 4096,
         }
     }
@@ -87,43 +96,34 @@ impl Default for GateConfig {
 /// Why a proof was refused; the text goes back to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("unknown challenge: ask for one first")]
+    #[error("unknown challenge (not issued by this gate to this peer): ask for one")]
     Unknown,
     #[error("challenge already used: a proof redeems once")]
     Replayed,
     #[error("challenge expired {0} ms ago: ask for a new one")]
     Expired(u64),
-    #[error("challenge was issued to another peer")]
-    WrongPeer,
     #[error("proof does not have {0} leading zero bits")]
     Insufficient(u32),
 }
 
-struct Pending<P> {
-    peer: P,
-    challenge: Challenge,
-}
-
-/// The gate's side: challenges issued, nonces used, peers admitted. Every map is
-/// bounded by the config, so a peer asking for challenges in a loop costs us a fixed
-/// amount of memory.
+/// The gate's side: its secret, the nonces redeemed and the peers admitted, both bounded
+/// by the config; challenges issued are not kept.
 pub struct Gate<P> {
     cfg: GateConfig,
-    pending: HashMap<[u8; NONCE_BYTES], Pending<P>>,
-    /// Issue order, to forget the oldest challenge first.
-    order: VecDeque<[u8; NONCE_BYTES]>,
-    /// Nonces redeemed, until their challenge would have expired anyway.
+    key: [u8; 32],
+    /// Nonces redeemed, until their challenge expires.
     used: HashMap<[u8; NONCE_BYTES], u64>,
     used_order: VecDeque<[u8; NONCE_BYTES]>,
     admitted: HashMap<P, u64>,
 }
 
 impl<P: Clone + Eq + Hash> Gate<P> {
-    pub fn new(cfg: GateConfig) -> Self {
+    /// `key`: the secret of the challenges' MACs, drawn at random by the caller (a
+    /// restart makes earlier challenges unknown, which only asks their peers for a new one).
+    pub fn new(cfg: GateConfig, key: [u8; 32]) -> Self {
         Gate {
             cfg,
-            pending: HashMap::new(),
-            order: VecDeque::new(),
+            key,
             used: HashMap::new(),
             used_order: VecDeque::new(),
             admitted: HashMap::new(),
@@ -134,34 +134,36 @@ impl<P: Clone + Eq + Hash> Gate<P> {
         &self.cfg
     }
 
-    /// A new challenge for `peer`, with a nonce the caller drew at random.
-    pub fn issue(&mut self, peer: P, nonce: [u8; NONCE_BYTES], now_ms: u64) -> Challenge {
-        self.expire(now_ms);
-        while self.pending.len() >= self.cfg.max_pending.max(1) {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.pending.remove(&old);
-                }
-                None => break,
-            }
-        }
-        let challenge = Challenge {
-            nonce,
-            bits: self.cfg.bits.min(MAX_BITS),
-            expires_ms: now_ms.saturating_add(self.cfg.challenge_ms),
-        };
-        if self
-            .pending
-            .insert(nonce, Pending { peer, challenge })
-            .is_none()
-        {
-            self.order.push_back(nonce);
-        }
-        challenge
+    fn mac(&self, peer: &[u8], expires_ms: u64) -> [u8; NONCE_BYTES - 8] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(MAC_DOMAIN);
+        h.update(&expires_ms.to_le_bytes());
+        h.update(&(peer.len() as u32).to_le_bytes());
+        h.update(peer);
+        let mut mac = [0; NONCE_BYTES - 8];
+        mac.copy_from_slice(&h.finalize().as_bytes()[..NONCE_BYTES - 8]);
+        mac
     }
 
-    /// Checks a proof from `peer` (whose id bytes the digest covers); on success the peer
-    /// is admitted until the returned time.
+    fn challenge(&self, nonce: [u8; NONCE_BYTES], expires_ms: u64) -> Challenge {
+        Challenge {
+            nonce,
+            bits: self.cfg.bits.min(MAX_BITS),
+            expires_ms,
+        }
+    }
+
+    /// A new challenge for the peer whose id bytes are `peer`.
+    pub fn issue(&self, peer: &[u8], now_ms: u64) -> Challenge {
+        let expires_ms = now_ms.saturating_add(self.cfg.challenge_ms);
+        let mut nonce = [0; NONCE_BYTES];
+        nonce[..8].copy_from_slice(&expires_ms.to_le_bytes());
+        nonce[8..].copy_from_slice(&self.mac(peer, expires_ms));
+        self.challenge(nonce, expires_ms)
+    }
+
+    /// Checks a proof from `peer` (whose id bytes the MAC and the digest cover); on
+    /// success the peer is admitted until the returned time.
     pub fn redeem(
         &mut self,
         peer: &P,
@@ -170,25 +172,29 @@ impl<P: Clone + Eq + Hash> Gate<P> {
         counter: u64,
         now_ms: u64,
     ) -> Result<u64, Refusal> {
+        let mut e = [0; 8];
+        e.copy_from_slice(&nonce[..8]);
+        let expires_ms = u64::from_le_bytes(e);
+        if nonce[8..] != self.mac(peer_bytes, expires_ms) {
+            return Err(Refusal::Unknown);
+        }
         if self.used.contains_key(&nonce) {
             return Err(Refusal::Replayed);
         }
-        let Some(p) = self.pending.get(&nonce) else {
-            return Err(Refusal::Unknown);
-        };
-        if p.peer != *peer {
-            return Err(Refusal::WrongPeer);
+        if now_ms > expires_ms {
+            return Err(Refusal::Expired(now_ms - expires_ms));
         }
-        let c = p.challenge;
-        if now_ms > c.expires_ms {
-            self.pending.remove(&nonce);
-            return Err(Refusal::Expired(now_ms - c.expires_ms));
-        }
+        let c = self.challenge(nonce, expires_ms);
         if !c.is_solved_by(peer_bytes, counter) {
             return Err(Refusal::Insufficient(c.bits));
         }
-        self.pending.remove(&nonce);
-        self.used.insert(nonce, c.expires_ms);
+        self.expire(now_ms);
+        if self.used.len() >= self.cfg.max_used.max(1)
+            && let Some(old) = self.used_order.pop_front()
+        {
+            self.used.remove(&old);
+        }
+        self.used.insert(nonce, expires_ms);
         self.used_order.push_back(nonce);
         let until = now_ms.saturating_add(self.cfg.admitted_ms);
         if !self.admitted.contains_key(peer) && self.admitted.len() >= self.cfg.max_admitted.max(1)
@@ -214,23 +220,17 @@ impl<P: Clone + Eq + Hash> Gate<P> {
         self.admitted.len()
     }
 
-    /// Forgets what has expired. Expired challenges are kept for one more lifetime, so a
-    /// late proof hears "expired" rather than "unknown".
+    /// Nonces remembered as redeemed.
+    pub fn used(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Forgets what has expired: a redeemed nonce once its challenge has (a replay then
+    /// hears "expired"), an admission once it ends.
     pub fn expire(&mut self, now_ms: u64) {
-        let keep_until = |expires: u64, life: u64| expires.saturating_add(life) >= now_ms;
-        while let Some(n) = self.order.front() {
-            match self.pending.get(n) {
-                Some(p) if keep_until(p.challenge.expires_ms, self.cfg.challenge_ms) => break,
-                _ => {
-                    let n = *n;
-                    self.order.pop_front();
-                    self.pending.remove(&n);
-                }
-            }
-        }
         while let Some(n) = self.used_order.front() {
             match self.used.get(n) {
-                Some(e) if keep_until(*e, self.cfg.challenge_ms) => break,
+                Some(e) if *e >= now_ms => break,
                 _ => {
                     let n = *n;
                     self.used_order.pop_front();
@@ -247,20 +247,23 @@ mod tests {
     use super::*;
 
     fn gate(bits: u32) -> Gate<Vec<u8>> {
-        Gate::new(GateConfig {
-            bits,
-            challenge_ms: 1_000,
-            admitted_ms: 10_000,
-            max_pending: 4,
-            max_admitted: 2,
-        })
+        Gate::new(
+            GateConfig {
+                bits,
+                challenge_ms: 1_000,
+                admitted_ms: 10_000,
+                max_used: 4,
+                max_admitted: 2,
+            },
+            [7; 32],
+        )
     }
 
     #[test]
     fn a_solved_challenge_admits_its_peer_once() {
         let mut g = gate(8);
         let peer = b"peer-a".to_vec();
-        let c = g.issue(peer.clone(), [1; 16], 100);
+        let c = g.issue(&peer, 100);
         let counter = c.solve(&peer, 1 << 20).unwrap();
         assert!(!g.is_admitted(&peer, 100));
         assert_eq!(g.redeem(&peer, &peer, c.nonce, counter, 200), Ok(10_200));
@@ -273,15 +276,15 @@ mod tests {
     }
 
     #[test]
-    fn wrong_peer_late_or_unsolved_proofs_are_refused() {
+    fn wrong_peer_forged_late_or_unsolved_proofs_are_refused() {
         let mut g = gate(12);
         let (a, b) = (b"peer-a".to_vec(), b"peer-b".to_vec());
-        let c = g.issue(a.clone(), [2; 16], 0);
+        let c = g.issue(&a, 0);
         let counter = c.solve(&a, 1 << 24).unwrap();
-        // Someone else presenting a's solution.
+        // Someone else presenting a's challenge: its MAC is a's.
         assert_eq!(
             g.redeem(&b, &b, c.nonce, counter, 10),
-            Err(Refusal::WrongPeer)
+            Err(Refusal::Unknown)
         );
         // A counter that does not solve it (the solution is the first that does).
         if counter > 0 {
@@ -290,10 +293,17 @@ mod tests {
                 Err(Refusal::Insufficient(12))
             );
         }
+        // A nonce we never issued; one whose expiry was moved later (its MAC no longer
+        // matches); one from a gate with another key.
         assert_eq!(
             g.redeem(&a, &a, [9; 16], counter, 10),
             Err(Refusal::Unknown)
         );
+        let mut later = c.nonce;
+        later[..8].copy_from_slice(&5_000u64.to_le_bytes());
+        assert_eq!(g.redeem(&a, &a, later, counter, 10), Err(Refusal::Unknown));
+        let other = Gate::<Vec<u8>>::new(g.config().clone(), [8; 32]).issue(&a, 0);
+        assert_eq!(g.redeem(&a, &a, other.nonce, 0, 10), Err(Refusal::Unknown));
         assert_eq!(
             g.redeem(&a, &a, c.nonce, counter, 1_500),
             Err(Refusal::Expired(500))
@@ -317,27 +327,34 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded_under_a_flood_of_requests() {
+    fn challenges_cost_no_memory_and_what_is_kept_stays_bounded() {
         let mut g = gate(8);
-        for i in 0..1_000u32 {
-            let mut nonce = [0; 16];
-            nonce[..4].copy_from_slice(&i.to_le_bytes());
-            g.issue(format!("p{i}").into_bytes(), nonce, 0);
+        // A million challenges issued and a million garbage proofs: nothing kept.
+        for i in 0..1_000_000u32 {
+            let p = i.to_le_bytes();
+            let c = g.issue(&p, 0);
+            let mut forged = c.nonce;
+            forged[15] ^= 1;
+            assert_eq!(
+                g.redeem(&p.to_vec(), &p, forged, 0, 0),
+                Err(Refusal::Unknown)
+            );
         }
-        assert!(g.pending.len() <= 4 && g.order.len() <= 4);
-        // Admissions beyond the cap push out the one ending first.
-        for (i, t) in [(0u8, 0u64), (1, 10), (2, 20)] {
+        assert_eq!((g.used(), g.admitted()), (0, 0));
+        // Solved ones are kept, within the caps: admissions beyond the cap push out the
+        // one ending first, redeemed nonces beyond theirs the oldest.
+        for (i, t) in [(0u8, 0u64), (1, 10), (2, 20), (3, 30), (4, 40)] {
             let p = vec![i];
-            let c = g.issue(p.clone(), [100 + i; 16], t);
+            let c = g.issue(&p, t);
             let n = c.solve(&p, 1 << 20).unwrap();
             g.redeem(&p, &p, c.nonce, n, t).unwrap();
         }
-        assert_eq!(g.admitted(), 2);
-        assert!(!g.is_admitted(&vec![0], 20));
-        assert!(g.is_admitted(&vec![2], 20));
+        assert_eq!((g.used(), g.admitted()), (4, 2));
+        assert!(!g.is_admitted(&vec![0], 40));
+        assert!(g.is_admitted(&vec![4], 40));
         // Everything expires.
         g.expire(100_000);
-        assert_eq!((g.pending.len(), g.used.len(), g.admitted()), (0, 0, 0));
+        assert_eq!((g.used(), g.admitted()), (0, 0));
     }
 
     #[test]

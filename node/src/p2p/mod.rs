@@ -1382,20 +1382,25 @@ impl Net {
     }
 
     /// A peer gossipsub has graylisted gains nothing from staying (its messages are
-    /// dropped unread) and costs us its traffic: a fault each second it stays.
+    /// dropped unread) and costs us its traffic: a fault each second it stays. Our score is
+    /// gossipsub's application score (weight 1); it is refreshed here first, so that it
+    /// recovers there as it does here (it was only set at each fault before, so a peer
+    /// kept its worst score in gossipsub for as long as it stayed connected).
     fn police_graylisted(&mut self) {
+        let now = now_ms();
         let threshold = chainmesh_behaviours::gossip::GRAYLIST_THRESHOLD;
-        let gossip = &self.swarm.behaviour().gossip;
-        let graylisted: Vec<(PeerId, f64)> = self
-            .peers
-            .keys()
-            .filter_map(|p| {
-                gossip
-                    .peer_score(p)
-                    .filter(|s| *s <= threshold)
-                    .map(|s| (*p, s))
-            })
-            .collect();
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let mut graylisted = Vec::new();
+        for p in peers {
+            let ours = self.scores.score(&p, now);
+            let gossip = &mut self.swarm.behaviour_mut().gossip;
+            gossip.set_application_score(&p, ours);
+            if let Some(total) = gossip.peer_score(&p)
+                && total <= threshold
+            {
+                graylisted.push((p, total));
+            }
+        }
         for (peer, score) in graylisted {
             self.fault(
                 peer,

@@ -104,12 +104,15 @@ pub(super) struct NatStats {
 
 /// The gate shared with the relay server's reservation check.
 pub(super) fn gate(cfg: &AdmissionConfig) -> Arc<Mutex<Gate<PeerId>>> {
-    Arc::new(Mutex::new(Gate::new(GateConfig {
-        bits: cfg.bits,
-        challenge_ms: cfg.challenge_secs.saturating_mul(1000),
-        admitted_ms: cfg.admitted_secs.saturating_mul(1000),
-        ..GateConfig::default()
-    })))
+    Arc::new(Mutex::new(Gate::new(
+        GateConfig {
+            bits: cfg.bits,
+            challenge_ms: cfg.challenge_secs.saturating_mul(1000),
+            admitted_ms: cfg.admitted_secs.saturating_mul(1000),
+            ..GateConfig::default()
+        },
+        rand::random(),
+    )))
 }
 
 /// The relay server's reservation predicate: admitted peers only.
@@ -737,14 +740,19 @@ impl Net {
             return;
         }
         let now = now_ms();
+        let mut refusal = None;
         let resp = match self.nat.gate.lock() {
             Err(_) => Response::Refused("gate unavailable".into()),
             Ok(mut g) => match req {
-                Request::Challenge => Response::Challenge(g.issue(peer, rand::random(), now)),
+                Request::Challenge => Response::Challenge(g.issue(&peer.to_bytes(), now)),
                 Request::Proof { nonce, counter } => {
                     match g.redeem(&peer, &peer.to_bytes(), nonce, counter, now) {
                         Ok(until_ms) => Response::Granted { until_ms },
-                        Err(why) => Response::Refused(why.to_string()),
+                        Err(why) => {
+                            let r = Response::Refused(why.to_string());
+                            refusal = Some(why);
+                            r
+                        }
                     }
                 }
             },
@@ -756,9 +764,16 @@ impl Net {
             }
             Response::Refused(reason) => {
                 self.nat.stats.admissions_refused += 1;
-                tracing::info!(peer = %peer, %reason, "admission refused");
+                tracing::debug!(peer = %peer, %reason, "admission refused");
             }
             Response::Challenge(_) => {}
+        }
+        // An honest client only ever sends a solved proof of a challenge we issued it; it
+        // may be late (a slow machine), which is no fault. Anything else is bad data.
+        if let Some(why) = refusal
+            && !matches!(why, admission::Refusal::Expired(_))
+        {
+            self.fault(peer, Fault::BadData, format!("admission: {why}"));
         }
         let _ = self
             .swarm
