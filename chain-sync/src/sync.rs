@@ -279,6 +279,24 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
         self.schedule(now_ms);
     }
 
+    /// A peer showed that it holds block `hash` at `height` (it forwarded the block by
+    /// gossip) whose parent we lack: a tip to sync towards. Unlike a status it neither
+    /// introduces a peer nor lifts distrust, and it never lowers what the peer is known
+    /// to hold. A block at the peer's known height with another hash is taken as the
+    /// peer's new tip: after healing a partition the sides' chains have equal heights
+    /// half of the time, and fork choice between them must still see the other one.
+    pub fn peer_tip(&mut self, peer: &P, height: u64, hash: Hash, now_ms: u64) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if height < p.height || (height == p.height && hash == p.hash) {
+            return;
+        }
+        p.height = height;
+        p.hash = hash;
+        self.schedule(now_ms);
+    }
+
     /// Marks a peer reachable only through a relay: it still gets header requests, but
     /// no block bodies.
     pub fn set_relayed(&mut self, peer: &P, relayed: bool) {
@@ -394,6 +412,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             return;
         };
         if headers.is_empty() {
+            tracing::debug!(peer = ?r.peer, "no headers past our locator");
             if let Some(p) = self.peers.get_mut(&r.peer) {
                 p.headers_backoff_until = now_ms + self.cfg.headers_backoff_ms;
             }
@@ -407,6 +426,12 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             return;
         }
         let first_parent = headers[0].parent;
+        tracing::debug!(
+            peer = ?r.peer,
+            count = headers.len(),
+            from = headers[0].height,
+            "headers received"
+        );
         // A chain that leaves ours below what we already fetched replaces that part.
         if self
             .header_tip
@@ -601,6 +626,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
                 invalid,
                 reason,
             } => {
+                tracing::debug!(block = %hash, invalid, reason, "sync import failed");
                 if invalid && let Some(p) = self.served_by.get(&hash).cloned() {
                     self.penalize(&p, SyncFault::Invalid, format!("block {hash}: {reason}"));
                 }
@@ -673,6 +699,7 @@ impl<P: Clone + Eq + StdHash + std::fmt::Debug> Syncer<P> {
             })
             .map(|(k, _)| k.clone());
         let Some(peer) = best else { return };
+        tracing::debug!(peer = ?peer, from = base_h, "asking for headers");
         let mut locator = self.locator.clone();
         if let Some(t) = &self.header_tip {
             locator.insert(0, (t.height, t.hash()));

@@ -333,3 +333,38 @@ fn buffered_bodies_are_bounded_in_bytes() {
     h.run();
     h.assert_same_as(&src);
 }
+
+#[test]
+fn a_fork_shown_by_gossip_after_the_status_is_synced() {
+    let n = net();
+    // Both share ten blocks, then split: the source grows 16 more, the destination 15.
+    let (_d, mut src) = chain(&n, 10);
+    let (_e, mut dest) = chain(&n, 10);
+    assert_eq!(src.tip(), dest.tip());
+    for slot in 11..=26 {
+        produce(&n, &mut src, slot, vec![]);
+    }
+    for slot in 40..55 {
+        produce(&n, &mut dest, slot, vec![]);
+    }
+    let mut h = Harness::new(&n, dest, SyncConfig::default());
+    // The peer's status is from before the split: nothing to fetch from it.
+    let shared = src.reader().canonical_hash(10).unwrap().unwrap();
+    h.peers.insert("p", (Behaviour::Honest, src.reader()));
+    h.syncer.peer_status("p", 10, shared, 64, h.now);
+    h.run();
+    assert_eq!(h.dest.tip().height, 25);
+    // A lower or repeated hint changes nothing.
+    h.syncer.peer_tip(&"p", 9, Hash::ZERO, h.now);
+    h.run();
+    assert_eq!(h.dest.tip().height, 25);
+    // The peer forwards its new tip by gossip; we lack its parent.
+    let t = src.tip().clone();
+    h.syncer.peer_tip(&"p", t.height, t.hash, h.now);
+    assert!(h.syncer.is_syncing());
+    h.run();
+    h.assert_same_as(&src);
+    // Hints about peers we never heard a status from are ignored.
+    h.syncer.peer_tip(&"stranger", 1_000, Hash::ZERO, h.now);
+    assert!(!h.syncer.is_syncing());
+}

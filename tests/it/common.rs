@@ -258,6 +258,17 @@ impl Node {
         (code, r.json().unwrap_or(Value::Null))
     }
 
+    /// The status code of posting `tx`, `None` when the node does not answer.
+    pub fn try_post_tx(&self, tx: &Tx) -> Option<u16> {
+        self.http
+            .post(format!("{}/txs", self.api))
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(tx).ok()?)
+            .send()
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
     pub fn post_tx(&self, tx: &Tx) -> (u16, Value) {
         self.post_raw(serde_json::to_string(tx).unwrap())
     }

@@ -296,28 +296,10 @@ impl Net {
             // headers first from this peer's claimed tip.
             self.stats.blocks_ignored += 1;
             self.report(&id, &source, MessageAcceptance::Ignore);
-            self.hint_tip(source, cb.header.height, hash);
+            self.syncer.peer_tip(&source, cb.header.height, hash, now);
             return;
         }
         self.relay.on_announcement(source, (id, source), cb, now);
-    }
-
-    /// A peer showed us a block at `height`: let the syncer know it is there.
-    fn hint_tip(&mut self, peer: PeerId, height: u64, hash: Hash) {
-        let Some(p) = self.peers.get(&peer) else {
-            return;
-        };
-        let Some(status) = &p.status else {
-            return;
-        };
-        if height <= status.best_height {
-            return;
-        }
-        let max_items = status
-            .limit_for("sync")
-            .map_or(self.cfg.sync_max_blocks, |l| l.max_items_per_request);
-        self.syncer
-            .peer_status(peer, height, hash, max_items, now_ms());
     }
 
     pub(super) fn drive_relay(&mut self) {
