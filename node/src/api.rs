@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::chain::{Command, NodeStatus, SubmitError};
-use crate::p2p::{NetCommand, NetStats, PeerView, SyncView};
+use crate::p2p::{DhtView, NetCommand, NetStats, PeerView, SyncView};
 
 /// Transaction submissions being checked or waiting for their flush, at most; beyond
 /// it the API answers `busy`.
@@ -129,6 +129,7 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/status", get(status))
         .route("/peers", get(peers))
         .route("/net", get(net_stats))
+        .route("/net/dht", get(dht))
         .route("/metrics", get(metrics))
         .route("/blocks/{id}", get(block))
         .route("/accounts/{address}", get(account))
@@ -222,6 +223,18 @@ async fn net_stats(State(st): State<ApiState>) -> ApiResult<NetStats> {
     let (reply, rx) = oneshot::channel();
     st.net
         .try_send(NetCommand::Stats(reply))
+        .map_err(|_| ApiError::busy())?;
+    match tokio::time::timeout(st.timeout, rx).await {
+        Ok(Ok(v)) => Ok(Json(v)),
+        _ => Err(ApiError::busy()),
+    }
+}
+
+/// The DHT routing table, bucket by bucket.
+async fn dht(State(st): State<ApiState>) -> ApiResult<DhtView> {
+    let (reply, rx) = oneshot::channel();
+    st.net
+        .try_send(NetCommand::Dht(reply))
         .map_err(|_| ApiError::busy())?;
     match tokio::time::timeout(st.timeout, rx).await {
         Ok(Ok(v)) => Ok(Json(v)),

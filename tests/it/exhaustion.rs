@@ -374,3 +374,188 @@ fn relay_reservations_and_circuits_stay_within_their_caps() {
         "RSS {rss_before} KiB -> {rss_after} KiB"
     );
 }
+
+#[derive(NetworkBehaviour)]
+struct Sybil {
+    identify: libp2p::identify::Behaviour,
+    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+}
+
+fn dht(n: &Node) -> Value {
+    n.get("/net/dht")
+}
+
+/// (peer id, connected) of every routing-table entry, with its bucket.
+fn dht_entries(v: &Value) -> Vec<(u32, String, bool)> {
+    let mut out = Vec::new();
+    for b in v["buckets"].as_array().into_iter().flatten() {
+        for p in b["peers"].as_array().into_iter().flatten() {
+            out.push((
+                u(&b["index"]) as u32,
+                p["peer"].as_str().unwrap_or_default().to_string(),
+                p["connected"].as_bool().unwrap_or(false),
+            ));
+        }
+    }
+    out
+}
+
+/// Issue 9, item 9: 1,000 sybil ids aimed at our routing table. A node in DHT server
+/// mode holds six honest DHT servers in its table; 1,000 peer ids are ground so that
+/// each falls in one of the buckets the honest entries are in (where they compete with
+/// them), and each connects, identifies itself as a DHT server with an address, and
+/// leaves after two seconds, 100 at a time. Asserted: every honest entry is still in the
+/// table and connected, no bucket holds more than k = 20, and the node's RSS stays flat.
+#[test]
+fn a_thousand_sybil_ids_do_not_push_honest_peers_out_of_the_routing_table() {
+    use libp2p::kad::KBucketKey;
+
+    const SYBILS: usize = 1_000;
+    const WAVE: usize = 100;
+    let root = tempfile::tempdir().unwrap();
+    let net = TestNet::new("sybiltest", 0);
+    let server = |c: &mut chainmesh_node::config::Config| {
+        c.p2p.discovery.kad_mode = chainmesh_node::config::KadMode::Server;
+        c.p2p.discovery.mdns = false;
+    };
+    let target = Node::start_run(
+        &net.node_home_with(&root.path().join("x"), None, server),
+        &[],
+    );
+    let x_addr: Multiaddr = target.p2p_addr().parse().unwrap();
+    let x = peer_of(&x_addr);
+    let honest: Vec<Node> = (0..6)
+        .map(|i| {
+            let home = net.node_home_with(&root.path().join(format!("h{i}")), None, server);
+            Node::start_run(&home, &["--peer".into(), x_addr.to_string()])
+        })
+        .collect();
+    let honest_ids: Vec<String> = honest
+        .iter()
+        .map(|n| peer_of(&n.p2p_addr().parse().unwrap()).to_string())
+        .collect();
+    let mut before = Vec::new();
+    crate::common::wait_until(30, "every honest node in the routing table", || {
+        before = dht_entries(&dht(&target));
+        honest_ids
+            .iter()
+            .all(|h| before.iter().any(|(_, p, c)| p == h && *c))
+    });
+    let buckets: std::collections::BTreeSet<u32> = before.iter().map(|(b, _, _)| *b).collect();
+    let rss_before = target.rss_kib();
+
+    // Ground ids: each lands in a bucket that holds an honest entry.
+    let xkey = KBucketKey::from(x);
+    let mut keys = Vec::new();
+    while keys.len() < SYBILS {
+        let k = libp2p::identity::Keypair::generate_ed25519();
+        let d = KBucketKey::from(k.public().to_peer_id()).distance(&xkey);
+        if d.ilog2().is_some_and(|b| buckets.contains(&b)) {
+            keys.push(k);
+        }
+    }
+    let kad_protocol = chainmesh_behaviours::discovery::kad_protocol("sybiltest");
+    let fake: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+    let rt = runtime();
+    let t = Instant::now();
+    let mut identified = 0usize;
+    for wave in keys.chunks(WAVE) {
+        let tasks: Vec<_> = wave
+            .iter()
+            .map(|k| {
+                let mut s = libp2p::SwarmBuilder::with_existing_identity(k.clone())
+                    .with_tokio()
+                    .with_tcp(
+                        libp2p::tcp::Config::default(),
+                        libp2p::noise::Config::new,
+                        libp2p::yamux::Config::default,
+                    )
+                    .unwrap()
+                    .with_behaviour(|key| {
+                        let me = key.public().to_peer_id();
+                        let mut kad = libp2p::kad::Behaviour::with_config(
+                            me,
+                            libp2p::kad::store::MemoryStore::new(me),
+                            libp2p::kad::Config::new(kad_protocol.clone()),
+                        );
+                        kad.set_mode(Some(libp2p::kad::Mode::Server));
+                        Sybil {
+                            identify: libp2p::identify::Behaviour::new(
+                                libp2p::identify::Config::new(
+                                    "/chainmesh/sybiltest/1".into(),
+                                    key.public(),
+                                ),
+                            ),
+                            kad,
+                        }
+                    })
+                    .unwrap()
+                    .build();
+                s.add_external_address(fake.clone());
+                let addr = x_addr.clone();
+                rt.spawn(async move {
+                    let mut seen = false;
+                    if s.dial(addr).is_err() {
+                        return false;
+                    }
+                    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while let Ok(Some(ev)) = tokio::time::timeout_at(until, s.next()).await {
+                        if let SwarmEvent::Behaviour(SybilEvent::Identify(
+                            libp2p::identify::Event::Received { .. },
+                        )) = ev
+                        {
+                            seen = true;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for task in tasks {
+            identified += usize::from(rt.block_on(task).unwrap_or(false));
+        }
+    }
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let after_view = dht(&target);
+    let after = dht_entries(&after_view);
+    let rss_after = target.rss_kib();
+    let sybil_entries = after
+        .iter()
+        .filter(|(_, p, _)| !honest_ids.contains(p))
+        .count();
+    let per_bucket: Vec<(u64, usize)> = after_view["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| (u(&b["index"]), b["peers"].as_array().map_or(0, Vec::len)))
+        .collect();
+    let kept = honest_ids
+        .iter()
+        .filter(|h| after.iter().any(|(_, p, c)| p == *h && *c))
+        .count();
+    eprintln!(
+        "sybils: {SYBILS} ground ids in buckets {buckets:?} connected in {:.1} s, {identified} exchanged identify with the node; routing table after: {} entries ({sybil_entries} sybils), per bucket {per_bucket:?}; honest entries kept and connected {kept} of {}; RSS {} -> {} MB",
+        took.as_secs_f64(),
+        after.len(),
+        honest_ids.len(),
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(
+        identified >= SYBILS / 2,
+        "the sybils barely reached the node"
+    );
+    if kept != honest_ids.len() {
+        let log = target.log();
+        let about: Vec<&str> = log.lines().filter(|l| l.contains(&honest_ids[0])).collect();
+        eprintln!("{}", about.join("\n"));
+    }
+    assert_eq!(kept, honest_ids.len(), "honest entries lost: {after:?}");
+    assert!(per_bucket.iter().all(|(_, n)| *n <= 20), "{per_bucket:?}");
+    assert!(
+        rss_after < rss_before + 50 * 1024,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+    drop(honest);
+}

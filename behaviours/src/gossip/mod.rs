@@ -109,6 +109,23 @@ pub fn config(network_id: &str, mina: bool) -> Result<gossipsub::Config, String>
 /// as a fault each second the peer stays connected (a graylisted peer only costs us).
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 
+const IP_COLOCATION_WEIGHT: f64 = -5.0;
+const IP_COLOCATION_THRESHOLD: f64 = 64.0;
+
+/// The share of a peer's gossip score that comes from sharing its IP address with
+/// `peers_at_ip` peer ids (gossipsub's P6, counted over every connection, whatever its
+/// protocols). It says nothing of the peer's own behaviour: whoever opens many
+/// connections from an address drags every peer behind it below the graylist, so the
+/// node must not turn it into faults and bans.
+pub fn colocation_penalty(peers_at_ip: usize) -> f64 {
+    let surplus = peers_at_ip as f64 - IP_COLOCATION_THRESHOLD;
+    if surplus > 0.0 {
+        surplus * surplus * IP_COLOCATION_WEIGHT
+    } else {
+        0.0
+    }
+}
+
 /// Peer scoring: thresholds and per-topic parameters (documented in the module header).
 pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) {
     let mut p = PeerScoreParams {
@@ -116,8 +133,8 @@ pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) 
         // Every test and devnet runs many nodes on one address: colocation must not
         // count against them. Operators on the public internet keep the default check
         // through `ip_colocation_factor_threshold` below.
-        ip_colocation_factor_weight: -5.0,
-        ip_colocation_factor_threshold: 64.0,
+        ip_colocation_factor_weight: IP_COLOCATION_WEIGHT,
+        ip_colocation_factor_threshold: IP_COLOCATION_THRESHOLD,
         ..PeerScoreParams::default()
     };
     let tx = TopicScoreParams {

@@ -25,6 +25,31 @@ const PROVIDE_DEBOUNCE: Duration = Duration::from_secs(2);
 /// Addresses of one peer taken from identify.
 const MAX_ADDRS_PER_PEER: usize = 8;
 
+/// The DHT routing table, as `GET /net/dht` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DhtView {
+    /// "server", "client", or "off" when Kademlia is disabled.
+    pub mode: String,
+    pub entries: usize,
+    /// Non-empty buckets, nearest first.
+    pub buckets: Vec<DhtBucket>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DhtBucket {
+    /// log2 of the largest XOR distance the bucket covers (255 holds half the key space).
+    pub index: u32,
+    pub peers: Vec<DhtEntry>,
+    /// A newcomer waits for an entry that went unreachable.
+    pub pending: bool,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DhtEntry {
+    pub peer: String,
+    pub connected: bool,
+}
+
 pub(super) struct DiscoveryState {
     kad_protocol: StreamProtocol,
     last_walk: Option<Instant>,
@@ -52,6 +77,40 @@ impl Net {
             .kad
             .as_mut()
             .map(|k| &mut **k)
+    }
+
+    pub(super) fn dht_view(&mut self) -> DhtView {
+        let mode = if self.disco.server {
+            "server"
+        } else {
+            "client"
+        };
+        let Some(k) = self.kad() else {
+            return DhtView {
+                mode: "off".into(),
+                ..DhtView::default()
+            };
+        };
+        let mut view = DhtView {
+            mode: mode.into(),
+            ..DhtView::default()
+        };
+        for b in k.kbuckets() {
+            let peers: Vec<DhtEntry> = b
+                .iter()
+                .map(|e| DhtEntry {
+                    peer: e.node.key.preimage().to_string(),
+                    connected: e.status == kad::NodeStatus::Connected,
+                })
+                .collect();
+            view.entries += peers.len();
+            view.buckets.push(DhtBucket {
+                index: b.range().1.ilog2().unwrap_or(0),
+                peers,
+                pending: b.has_pending(),
+            });
+        }
+        view
     }
 
     /// Sets the DHT mode from the config and what we know of our reachability.

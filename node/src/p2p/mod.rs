@@ -18,6 +18,7 @@
 
 mod addr_book;
 mod discovery;
+pub use discovery::{DhtBucket, DhtEntry, DhtView};
 mod gossip;
 mod metrics;
 pub mod mina;
@@ -187,6 +188,7 @@ pub struct NetStats {
 pub enum NetCommand {
     Peers(oneshot::Sender<Vec<PeerView>>),
     Stats(oneshot::Sender<NetStats>),
+    Dht(oneshot::Sender<discovery::DhtView>),
     /// Publish a body on a Mina topic (Mina profile); answers the message id in hex.
     MinaPublish {
         topic: String,
@@ -612,6 +614,7 @@ impl Net {
                 cmd = commands.recv() => match cmd {
                     Some(NetCommand::Peers(reply)) => { let _ = reply.send(self.peer_views()); }
                     Some(NetCommand::Stats(reply)) => { let _ = reply.send(self.net_stats()); }
+                    Some(NetCommand::Dht(reply)) => { let _ = reply.send(self.dht_view()); }
                     Some(NetCommand::MinaPublish { topic, body, reply }) => {
                         let _ = reply.send(self.publish_mina(&topic, &body));
                     }
@@ -1387,25 +1390,49 @@ impl Net {
     /// recovers there as it does here (it was only set at each fault before, so a peer
     /// kept its worst score in gossipsub for as long as it stayed connected).
     fn police_graylisted(&mut self) {
+        use chainmesh_behaviours::gossip::{GRAYLIST_THRESHOLD, colocation_penalty};
         let now = now_ms();
-        let threshold = chainmesh_behaviours::gossip::GRAYLIST_THRESHOLD;
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        // Peer ids per address as gossipsub counts them (a circuit counts at its relay).
+        let mut at_ip: HashMap<std::net::IpAddr, usize> = HashMap::new();
+        let ip_of = |a: &Multiaddr| {
+            a.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+        };
+        for e in self.peers.values() {
+            if let Some(ip) = ip_of(&e.address) {
+                *at_ip.entry(ip).or_default() += 1;
+            }
+        }
+        let peers: Vec<(PeerId, Option<std::net::IpAddr>)> = self
+            .peers
+            .iter()
+            .map(|(p, e)| (*p, ip_of(&e.address)))
+            .collect();
         let mut graylisted = Vec::new();
-        for p in peers {
+        for (p, ip) in peers {
             let ours = self.scores.score(&p, now);
             let gossip = &mut self.swarm.behaviour_mut().gossip;
             gossip.set_application_score(&p, ours);
-            if let Some(total) = gossip.peer_score(&p)
-                && total <= threshold
-            {
-                graylisted.push((p, total));
+            let Some(total) = gossip.peer_score(&p) else {
+                continue;
+            };
+            let colocation = ip.map_or(0.0, |ip| {
+                colocation_penalty(at_ip.get(&ip).copied().unwrap_or(0))
+            });
+            if total - colocation <= GRAYLIST_THRESHOLD {
+                graylisted.push((p, total, colocation));
             }
         }
-        for (peer, score) in graylisted {
+        for (peer, score, colocation) in graylisted {
             self.fault(
                 peer,
                 Fault::Graylisted,
-                format!("gossip score {score:.0}, at or below the graylist threshold {threshold}"),
+                format!(
+                    "gossip score {score:.0} ({colocation:.0} of it for its address), at or below the graylist threshold {GRAYLIST_THRESHOLD} without it"
+                ),
             );
         }
     }
