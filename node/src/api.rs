@@ -168,18 +168,25 @@ async fn status(State(st): State<ApiState>) -> Json<NodeStatus> {
     Json(s)
 }
 
-async fn peers(State(st): State<ApiState>) -> ApiResult<Vec<PeerView>> {
+/// Asks the network task (a bounded queue: busy rather than waiting when it is full).
+async fn ask_net<T>(
+    st: &ApiState,
+    command: impl FnOnce(oneshot::Sender<T>) -> NetCommand,
+) -> Result<T, ApiError> {
     let (reply, rx) = oneshot::channel();
     st.net
-        .try_send(NetCommand::Peers(reply))
+        .try_send(command(reply))
         .map_err(|_| ApiError::busy())?;
     match tokio::time::timeout(st.timeout, rx).await {
-        Ok(Ok(mut v)) => {
-            v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-            Ok(Json(v))
-        }
+        Ok(Ok(v)) => Ok(v),
         _ => Err(ApiError::busy()),
     }
+}
+
+async fn peers(State(st): State<ApiState>) -> ApiResult<Vec<PeerView>> {
+    let mut v = ask_net(&st, NetCommand::Peers).await?;
+    v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    Ok(Json(v))
 }
 
 /// The dashboard: one static page that reads the API from the browser.
@@ -220,26 +227,12 @@ async fn metrics(
 }
 
 async fn net_stats(State(st): State<ApiState>) -> ApiResult<NetStats> {
-    let (reply, rx) = oneshot::channel();
-    st.net
-        .try_send(NetCommand::Stats(reply))
-        .map_err(|_| ApiError::busy())?;
-    match tokio::time::timeout(st.timeout, rx).await {
-        Ok(Ok(v)) => Ok(Json(v)),
-        _ => Err(ApiError::busy()),
-    }
+    Ok(Json(ask_net(&st, NetCommand::Stats).await?))
 }
 
 /// The DHT routing table, bucket by bucket.
 async fn dht(State(st): State<ApiState>) -> ApiResult<DhtView> {
-    let (reply, rx) = oneshot::channel();
-    st.net
-        .try_send(NetCommand::Dht(reply))
-        .map_err(|_| ApiError::busy())?;
-    match tokio::time::timeout(st.timeout, rx).await {
-        Ok(Ok(v)) => Ok(Json(v)),
-        _ => Err(ApiError::busy()),
-    }
+    Ok(Json(ask_net(&st, NetCommand::Dht).await?))
 }
 
 /// The body of `POST /mina/publish`.
