@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of tests/fuzz (cargo fuzz, libFuzzer) for a bounded time.
 #
-# Usage: scripts/fuzz.sh [--seconds TOTAL] [TARGET...]
+# Usage: scripts/fuzz.sh [--build-only] [--seconds TOTAL] [TARGET...]
+#   --build-only     install cargo-fuzz if needed and build the targets, run nothing
+#                    (CI builds them at low priority while the tests run)
 #   --seconds TOTAL  time shared by the targets run (default 54: 3 s each, for CI)
 #   TARGET...        only these targets (default: all, as `cargo fuzz list` gives them)
 #
@@ -21,11 +23,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 total=54
+build_only=
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) total="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --build-only) build_only=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -38,6 +42,7 @@ fi
 dir=(--fuzz-dir tests/fuzz)
 echo "== building the fuzz targets (coverage instrumentation, tests/fuzz/target)"
 cargo fuzz build "${dir[@]}" -s none --dev
+[ -z "$build_only" ] || exit 0
 
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list "${dir[@]}")

@@ -255,7 +255,7 @@ fn kill9_during_sync_import_and_store_open_100_times() {
 }
 
 /// Issue 9, item 11: five nodes (two producing, taking turns by one-second slot) under a
-/// steady transaction load, with `kill -9` at random moments for `KILL_SECS` (90 s; the
+/// steady transaction load, with `kill -9` at random moments for `KILL_SECS` (60 s; the
 /// `CHAINMESH_KILL_SECS` variable sets another length for longer runs): every 2 to 5 s a
 /// random running node is killed (producers included, never more than two down at once),
 /// and each is restarted 1 to 4 s after its kill. Transactions go to random running
@@ -270,7 +270,7 @@ fn a_devnet_under_load_with_random_kills_converges_and_loses_no_acknowledged_tx(
     let kill_secs: u64 = std::env::var("CHAINMESH_KILL_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
+        .unwrap_or(60);
     let root = tempfile::tempdir().unwrap();
     let mut net = TestNet::with_block_time("killnet", 0, 2, 1_000);
     let senders: Vec<chainmesh_proto::Keypair> = (0..5)

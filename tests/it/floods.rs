@@ -264,9 +264,9 @@ fn propose(protocol: &str) -> Vec<u8> {
 }
 
 #[derive(Debug, Default)]
-struct StreamFlood {
-    connections: usize,
-    opened: u64,
+pub(crate) struct StreamFlood {
+    pub(crate) connections: usize,
+    pub(crate) opened: u64,
     /// Streams the node reset (refused or dropped).
     resets: u64,
     go_aways: u64,
@@ -280,7 +280,7 @@ struct StreamFlood {
 /// takes them: a third bare (a SYN and nothing), a third proposing ping (negotiated, then
 /// silent), a third proposing a protocol nobody speaks (refused, then silent). Until
 /// `stop`, 60 s, or 200,000 streams.
-fn flood_streams(addr: &Multiaddr, stop: &std::sync::atomic::AtomicBool) -> StreamFlood {
+pub(crate) fn flood_streams(addr: &Multiaddr, stop: &std::sync::atomic::AtomicBool) -> StreamFlood {
     use futures::{AsyncReadExt, AsyncWriteExt};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,4 +18,5 @@ mod nat;
 mod netns;
 mod partition;
 mod scores;
+mod soak;
 mod sync;
