@@ -14,6 +14,7 @@
 //! - [`guard`]: inbound stream budgets for gossipsub, Kademlia and identify.
 //! - [`codec`]: size-capped protobuf framing for request-response protocols.
 //! - [`rate_limit`]: per-peer token buckets with a bounded key set.
+//! - [`serve_queue`]: serving slots shared between peers by standing.
 //!
 //! Each request-response protocol is a `request_response::Behaviour` with our codec; the
 //! node composes them with gossipsub and libp2p's identify, ping and connection limits.
@@ -31,6 +32,7 @@ pub mod pex;
 pub mod pool;
 pub mod rate_limit;
 pub mod repeats;
+pub mod serve_queue;
 pub mod status;
 pub mod sync;
 

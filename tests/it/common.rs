@@ -8,7 +8,15 @@ use std::time::{Duration, Instant};
 use chainmesh_proto::{Hash, Keypair, PublicKey, Tx};
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_chainmesh-under-test");
+/// The node binary the tests start: the one cargo built, or `CHAINMESH_TEST_BIN`, so that
+/// a long run (the soak) can go on with a copy while the tree is rebuilt.
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("CHAINMESH_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chainmesh-under-test").to_string())
+    })
+}
 
 pub struct Node {
     child: Option<Child>,
@@ -74,10 +82,10 @@ impl Node {
         let _ = std::fs::remove_file(&addr_file);
         let _ = std::fs::remove_file(data_dir.join("p2p.addrs"));
         let mut command = match netns {
-            None => Command::new(BIN),
+            None => Command::new(bin()),
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+                c.args(["netns", "exec", ns, bin()]);
                 c
             }
         };
@@ -325,7 +333,7 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 
 /// Runs the CLI to completion.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .output()

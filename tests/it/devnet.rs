@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::BIN;
+use crate::common::bin;
 
 fn devnet(dir: &Path, args: &[&str]) -> Output {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/devnet.sh");
@@ -13,7 +13,7 @@ fn devnet(dir: &Path, args: &[&str]) -> Output {
     a.extend(["--dir".into(), dir.display().to_string()]);
     let out = Command::new(script)
         .args(&a)
-        .env("CHAINMESH_BIN", BIN)
+        .env("CHAINMESH_BIN", bin())
         .output()
         .expect("run scripts/devnet.sh");
     assert!(
@@ -84,7 +84,7 @@ fn devnet_script_brings_up_a_connected_network_and_takes_it_down() {
     let apis: Vec<String> = (0..4)
         .map(|i| format!("http://127.0.0.1:{}", base.parse::<u16>().unwrap() + i))
         .collect();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["loadgen", "--api", &apis.join(","), "--keys"])
         .arg(dir.join("keys"))
         .args(["--rate", "50", "--duration", "4"])

@@ -26,6 +26,28 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// As [`attacker`], dialling from `source` (a 127.0.0.x address of its own): a host of
+/// its own, as the node sees it.
+pub fn attacker_from<B: NetworkBehaviour>(
+    source: std::net::Ipv4Addr,
+    b: impl FnOnce(&identity::Keypair) -> B,
+) -> Swarm<B> {
+    use libp2p::core::Transport as _;
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            DialFrom(source)
+                .upgrade(libp2p::core::upgrade::Version::V1)
+                .authenticate(noise::Config::new(key).unwrap())
+                .multiplex(yamux::Config::default())
+        })
+        .unwrap()
+        .with_behaviour(|k| b(k))
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
 pub fn attacker<B: NetworkBehaviour>(b: impl FnOnce(&identity::Keypair) -> B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -923,9 +945,82 @@ fn several_banned_peer_ids_from_one_address_ban_the_address_until_it_expires() {
     node.kill9();
 }
 
+/// The spammer's side of the sync protocol: it frames requests as the node expects, and
+/// reads each answer to its end without decoding it (an attacker spends no CPU on what it
+/// asked for); only short answers, the refusals, are kept whole.
+#[derive(Clone, Default)]
+struct Skim;
+
+/// A sync answer as the spammer sees it: its length, and the answer itself if short.
+#[derive(Debug)]
+struct Skimmed {
+    len: usize,
+    short: Option<chainmesh_proto::pb_net::SyncResponse>,
+}
+
+impl request_response::Codec for Skim {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Skimmed;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        Err(io::Error::other("the spammer serves nothing"))
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Skimmed> {
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            io.read_exact(&mut b).await?;
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 || shift > 28 {
+                break;
+            }
+        }
+        if len < 4096 {
+            let mut v = vec![0; len];
+            io.read_exact(&mut v).await?;
+            let short = prost::Message::decode(v.as_slice()).ok();
+            return Ok(Skimmed { len, short });
+        }
+        let got = futures::io::copy(io.take(len as u64), &mut futures::io::sink()).await?;
+        Ok(Skimmed {
+            len: got as usize,
+            short: None,
+        })
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&varint(req.len() as u64)).await?;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Skimmed,
+    ) -> io::Result<()> {
+        Err(io::Error::other("the spammer serves nothing"))
+    }
+}
+
 #[derive(NetworkBehaviour)]
 struct Spammer {
-    sync: sync::Behaviour,
+    status: status::Behaviour,
+    sync: request_response::Behaviour<Skim>,
     pool: chainmesh_behaviours::pool::Behaviour,
     pex: chainmesh_behaviours::pex::Behaviour,
 }
@@ -946,10 +1041,12 @@ struct SpamStats {
     secs: f64,
 }
 
-/// Peer after peer (a new peer id each time the last one is cut off) asking `addr` for
-/// 500 sync requests a second (10 times the 50 it advertises), every tenth the same one
-/// again, and 10 pool permits and 10 peer-exchange requests a second (10 times theirs).
-fn spam(addr: Multiaddr, net: &str, stop: Arc<AtomicBool>) -> SpamStats {
+/// Peer after peer from one host, 127.0.0.2 (a new peer id each time the last one is cut
+/// off), each giving a true
+/// status as an honest newcomer would, asking `addr` for 500 sync requests a second (10
+/// times the 50 it advertises), every tenth the same one again, and 10 pool permits and
+/// 10 peer-exchange requests a second (10 times theirs).
+fn spam(addr: Multiaddr, net: &str, claim: ChainStatus, stop: Arc<AtomicBool>) -> SpamStats {
     use chainmesh_behaviours::codec::WireMeter;
     use chainmesh_behaviours::sync::ServeError;
     use libp2p::request_response::{Event, Message};
@@ -968,8 +1065,17 @@ fn spam(addr: Multiaddr, net: &str, stop: Arc<AtomicBool>) -> SpamStats {
             && started.elapsed() < Duration::from_secs(120)
         {
             let t = Duration::from_secs(5);
-            let mut s = attacker(|_| Spammer {
-                sync: sync::new(net, t, WireMeter::default()),
+            let mut s = attacker_from([127, 0, 0, 2].into(), |_| Spammer {
+                status: status::new(net, t, Default::default()),
+                sync: request_response::Behaviour::new(
+                    [(
+                        chainmesh_behaviours::codec::protocol_name(net, "sync", 1),
+                        ProtocolSupport::Outbound,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(t)
+                        .with_max_concurrent_streams(64),
+                ),
                 pool: chainmesh_behaviours::pool::new(net, t, WireMeter::default()),
                 pex: chainmesh_behaviours::pex::new(net, t, WireMeter::default()),
             });
@@ -990,15 +1096,22 @@ fn spam(addr: Multiaddr, net: &str, stop: Arc<AtomicBool>) -> SpamStats {
                         }
                         SwarmEvent::Behaviour(SpammerEvent::Sync(ev)) => match ev {
                             Event::Message { message: Message::Response { response, .. }, .. } => {
-                                match Response::from_pb(response) {
-                                    Ok(Response::Error(ServeError::RateLimited(_))) => st.sync_limited += 1,
-                                    Ok(_) => st.sync_served += 1,
-                                    Err(_) => st.sync_failed += 1,
+                                match response.short.map(Response::from_pb) {
+                                    Some(Ok(Response::Error(ServeError::RateLimited(_)))) => st.sync_limited += 1,
+                                    Some(Ok(Response::Error(_))) | Some(Err(_)) => st.sync_failed += 1,
+                                    Some(Ok(_)) | None if response.len > 0 => st.sync_served += 1,
+                                    _ => st.sync_failed += 1,
                                 }
                             }
                             Event::OutboundFailure { .. } => st.sync_failed += 1,
                             _ => {}
                         },
+                        SwarmEvent::Behaviour(SpammerEvent::Status(Event::Message {
+                            message: Message::Request { channel, .. },
+                            ..
+                        })) => {
+                            let _ = s.behaviour_mut().status.send_response(channel, claim.to_pb());
+                        }
                         SwarmEvent::Behaviour(SpammerEvent::Pool(Event::Message { .. })) => st.pool_answered += 1,
                         SwarmEvent::Behaviour(SpammerEvent::Pex(Event::Message { .. })) => st.pex_answered += 1,
                         _ => {}
@@ -1010,7 +1123,7 @@ fn spam(addr: Multiaddr, net: &str, stop: Arc<AtomicBool>) -> SpamStats {
                         } else {
                             Request::GetBlockRange { from: 1 + (n * 7) % 1_500, count: 256 }
                         };
-                        s.behaviour_mut().sync.send_request(&target, Ok(req.to_pb()));
+                        s.behaviour_mut().sync.send_request(&target, prost::Message::encode_to_vec(&req.to_pb()));
                         st.sync_sent += 1;
                         if n % 50 == 0 {
                             s.behaviour_mut().pex.send_request(&target, Ok(chainmesh_behaviours::pex::request(64)));
@@ -1056,16 +1169,36 @@ fn request_spam_is_refused_and_honest_sync_keeps_its_pace() {
         dest.kill9();
         took
     };
-    let unloaded = sync_from_src("calm");
+    // Three syncs each way, compared by their medians: one sync takes about two seconds,
+    // and on a shared machine one alone varies by a third.
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let unloaded = median((0..3).map(|i| sync_from_src(&format!("calm{i}"))).collect());
     let rss_before = src.rss_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
     let spammer = {
         let (addr, stop) = (src_addr.parse().unwrap(), stop.clone());
-        std::thread::spawn(move || spam(addr, "spamsync", stop))
+        let claim = ChainStatus {
+            version: PROTOCOL_VERSION,
+            genesis: net.genesis.hash(),
+            network_id: "spamsync".into(),
+            best_height: 0,
+            best_hash: net.genesis.hash(),
+            cumulative_weight: 0,
+            agent: "spammer/1".into(),
+            limits: vec![],
+        };
+        std::thread::spawn(move || spam(addr, "spamsync", claim, stop))
     };
     std::thread::sleep(Duration::from_secs(2));
-    let loaded = sync_from_src("loaded");
+    let loaded = median(
+        (0..3)
+            .map(|i| sync_from_src(&format!("loaded{i}")))
+            .collect(),
+    );
     stop.store(true, Ordering::Relaxed);
     let st = spammer.join().unwrap();
     let rss_after = src.rss_kib();
@@ -1077,7 +1210,7 @@ fn request_spam_is_refused_and_honest_sync_keeps_its_pace() {
     let bans = src.log().matches("banning peer").count();
     let ratio = unloaded.as_secs_f64() / loaded.as_secs_f64();
     eprintln!(
-        "request spam: honest sync of {BLOCKS} blocks {:.2} s unloaded, {:.2} s under spam: {ratio:.2} of the unloaded pace; \
+        "request spam: honest sync of {BLOCKS} blocks (median of 3) {:.2} s unloaded, {:.2} s under spam: {ratio:.2} of the unloaded pace; \
          spam {st:?}; at the source: {rate_faults} rate faults, {repeat_faults} repeat faults, {bans} bans logged, RSS {rss_before} -> {rss_after} KiB",
         unloaded.as_secs_f64(),
         loaded.as_secs_f64(),
@@ -1111,10 +1244,17 @@ fn request_spam_is_refused_and_honest_sync_keeps_its_pace() {
         dropped as u64 + 1 >= st.identities,
         "{dropped} spammers dropped of {st:?}"
     );
-    // The issue's bar is 0.9; what the node keeps today is 0.6 to 0.7 (see
-    // docs/security.md: every new peer id gets the per-peer serving budget). This only
-    // catches starvation.
-    assert!(ratio >= 0.4, "honest sync kept only {ratio:.2} of its pace");
+    // One host's ids are served one id's budget between them: the first id's faults
+    // mark its address, and what the next ones ask is refused at once.
+    assert!(
+        st.sync_served <= 150,
+        "{} requests of one host served: {st:?}",
+        st.sync_served
+    );
+    // The issue's bar is 0.9 (the figures are in docs/security.md); a timing asserted here
+    // must leave room for a loaded CI machine, so this only catches starvation: what is
+    // served to the spammer, asserted above, is the mechanism.
+    assert!(ratio >= 0.6, "honest sync kept only {ratio:.2} of its pace");
     assert!(
         rss_after < rss_before + 50 * 1024,
         "RSS {rss_before} -> {rss_after} KiB"

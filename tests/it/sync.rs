@@ -231,7 +231,7 @@ fn a_terminal_shows_a_progress_bar_while_the_node_syncs() {
     let screen = dest_home.join("screen.txt");
     let cmd = format!(
         "{} run --config {} --peer {}",
-        crate::common::BIN,
+        crate::common::bin(),
         dest_home.join("config.toml").display(),
         src.p2p_addr()
     );

@@ -39,6 +39,7 @@ use anyhow::Context;
 use chainmesh_behaviours::codec::{Inbound, Malformed};
 use chainmesh_behaviours::peers::{Fault, PeerScores, ScoreConfig, Verdict};
 use chainmesh_behaviours::repeats::Repeats;
+use chainmesh_behaviours::serve_queue::{ServeQueue, ServeQueueConfig};
 use chainmesh_behaviours::status::{ChainStatus, PROTOCOL_VERSION, ServeLimit, check_compatible};
 use chainmesh_behaviours::sync::{Request, Response};
 use chainmesh_behaviours::{Quota, RateLimiter};
@@ -216,8 +217,6 @@ pub struct NetworkParams {
     pub pool: crate::pool::SharedPool,
 }
 
-/// Most sync requests served at once (each holds a response of up to 8 MiB).
-const MAX_SERVING: usize = 16;
 const TICK: Duration = Duration::from_millis(100);
 
 struct PeerEntry {
@@ -359,8 +358,9 @@ struct Net {
     limiter: RateLimiter<PeerId>,
     /// Sync requests repeated within a short window, per peer.
     repeats: Repeats<PeerId>,
-    serving: usize,
-    served_tx: mpsc::Sender<(ResponseChannel<pb_net::SyncResponse>, Response)>,
+    /// Sync requests being served or waiting for a serving slot.
+    serve_queue: ServeQueue<PeerId, serve::Pending>,
+    served_tx: mpsc::Sender<serve::Served>,
     import_tx: mpsc::Sender<ImportResult>,
     bans: sled::Tree,
     bootstrap: Vec<Multiaddr>,
@@ -375,6 +375,8 @@ struct Net {
     /// The IP address each recent peer came from, kept past its disconnection: frames
     /// still in flight can get a peer banned after it is gone, and its address counts.
     peer_ips: hashlink::LruCache<PeerId, std::net::IpAddr>,
+    /// Faults by address, for serving (see `serve::AddressScores`).
+    address_scores: serve::AddressScores,
     sync_view: watch::Sender<SyncView>,
     samples: VecDeque<(Instant, u64)>,
     last_progress_log: Instant,
@@ -483,7 +485,8 @@ pub fn start(
         locator,
     );
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let (served_tx, served_rx) = mpsc::channel(MAX_SERVING * 2);
+    let serve_config = ServeQueueConfig::default();
+    let (served_tx, served_rx) = mpsc::channel(serve_config.slots * 2);
     let (import_tx, import_rx) = mpsc::channel(4);
     let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
     let (sync_tx, sync_rx) = watch::channel(SyncView::default());
@@ -545,7 +548,7 @@ pub fn start(
             32,
             p.cfg.max_connections as usize * 2,
         ),
-        serving: 0,
+        serve_queue: ServeQueue::new(serve_config),
         served_tx,
         import_tx,
         bans,
@@ -557,6 +560,7 @@ pub fn start(
         last_tip: Hash::ZERO,
         pending_bans: Vec::new(),
         peer_ips: hashlink::LruCache::new(4096),
+        address_scores: serve::AddressScores::new(),
         sync_view: sync_tx,
         samples: VecDeque::new(),
         last_progress_log: Instant::now(),
@@ -580,7 +584,7 @@ impl Net {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<NetCommand>,
-        mut served: mpsc::Receiver<(ResponseChannel<pb_net::SyncResponse>, Response)>,
+        mut served: mpsc::Receiver<serve::Served>,
         mut imports: mpsc::Receiver<ImportResult>,
         mut events: mpsc::Receiver<ChainEvent>,
         mut internal: mpsc::Receiver<Internal>,
@@ -592,10 +596,7 @@ impl Net {
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
-                Some((channel, resp)) = served.recv() => {
-                    self.serving = self.serving.saturating_sub(1);
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp.to_pb());
-                }
+                Some(served) = served.recv() => self.on_served(served),
                 Some(result) = imports.recv() => {
                     if let ImportResult::Failed { hash, reason, .. } = &result {
                         tracing::warn!(block = %hash, %reason, "a synced block was refused");
@@ -892,6 +893,7 @@ impl Net {
                 self.relay.peer_gone(&peer_id);
                 self.pull.remove_peer(&peer_id);
                 self.held.remove(&peer_id);
+                self.serve_queue.remove_peer(&peer_id);
             }
             SwarmEvent::IncomingConnectionError {
                 peer_id,
@@ -1276,27 +1278,7 @@ impl Net {
             self.fault(peer, fault, format!("sync: {why}"));
             return;
         }
-        if self.serving >= MAX_SERVING {
-            let resp = Response::Error(ServeError::Unavailable("busy".into()));
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .sync
-                .send_response(channel, resp.to_pb());
-            return;
-        }
-        self.serving += 1;
-        let (reader, pool, relaying, tx, max) = (
-            self.reader.clone(),
-            self.pool.clone(),
-            self.relaying.clone(),
-            self.served_tx.clone(),
-            self.cfg.sync_max_blocks,
-        );
-        tokio::spawn(async move {
-            let resp = serve::serve(reader, pool, relaying, req, max).await;
-            let _ = tx.send((channel, resp)).await;
-        });
+        self.queue_sync_request(peer, channel, req);
     }
 
     fn on_inbound_failure(
@@ -1334,6 +1316,17 @@ impl Net {
         }
         self.node_metrics.fault(fault);
         let (verdict, evicted) = self.scores.penalize_evicting(&peer, fault, now);
+        // Abuse only: a wrong network or a slow link says nothing of the host's intent.
+        let abuse = !matches!(
+            fault,
+            Fault::Incompatible | Fault::Timeout | Fault::Graylisted
+        );
+        if abuse
+            && let Some(ip) = self.peer_ips.peek(&peer).copied()
+            && !self.swarm.behaviour().ip_filter.bans.is_exempt(&ip)
+        {
+            self.address_scores.penalize(ip, fault.cost(), now);
+        }
         // Gossipsub weighs our score in its own (application score, weight 1), so a peer
         // at fault here loses its mesh places and is graylisted there too.
         let ours = self.scores.score(&peer, now);
@@ -1515,6 +1508,7 @@ impl Net {
         let now = now_ms();
         self.syncer.tick(now);
         self.relay.tick(now);
+        self.expire_waiting_serves();
         self.service_held_permits();
         if self.last_tend.elapsed() >= Duration::from_secs(1) {
             self.last_tend = Instant::now();
