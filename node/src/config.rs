@@ -59,6 +59,10 @@ pub struct P2pConfig {
     /// Pull-based mempool sync (`pool` protocol): grant permits to peers. Serving theirs
     /// stays on either way.
     pub pool_sync: bool,
+    /// Penalise mesh peers that deliver no blocks (gossipsub's P3), against peers that
+    /// join meshes and never forward. It acts only with at least 8 producers in the
+    /// genesis and while blocks arrive by gossip (see `gossip::delivery`).
+    pub mesh_delivery_scoring: bool,
     /// Peers kept at most; a peer beyond it gets addresses of others (pex) and is then
     /// disconnected. The hard limits above still apply.
     pub max_peers: u32,
@@ -222,6 +226,7 @@ impl Default for P2pConfig {
             sync_max_blocks: 256,
             gossip: true,
             pool_sync: true,
+            mesh_delivery_scoring: true,
             max_peers: 50,
             target_peers: 8,
             profile: Profile::Chainmesh,
@@ -530,6 +535,10 @@ sync_max_blocks = {max_blocks}
 gossip = {gossip}
 # Pull-based mempool sync: ask peers for their pool log (we always answer theirs).
 pool_sync = {pool_sync}
+# Penalise mesh peers that deliver no blocks (they are pruned from the mesh): against
+# peers that join meshes and never forward. Acts only with 8 or more producers, while
+# blocks arrive by gossip.
+mesh_delivery_scoring = {mesh_delivery_scoring}
 # Peers kept at most: a peer beyond it is given addresses of others, then disconnected.
 max_peers = {max_peers}
 # Below this many peers, dial known addresses (kept in the database) and ask peers for more.
@@ -617,6 +626,7 @@ max_bits = {adm_max_bits}
         adm_max_bits = d.p2p.admission.max_bits,
         gossip = p.gossip,
         pool_sync = p.pool_sync,
+        mesh_delivery_scoring = p.mesh_delivery_scoring,
         max_peers = p.max_peers,
         target_peers = p.target_peers,
         listen = list(p2p_listen),

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod p2p;
 pub mod pool;
 pub mod progress;
+pub mod seen;
 pub mod setup;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! chainmesh integration tests: one crate, one binary, a module per area. Every test
 //! runs the real node binary as child processes on 127.0.0.1.
 
+mod censor;
 mod chains;
 mod common;
 mod crash;

@@ -12,10 +12,13 @@
 //!
 //! Scoring (see [`score_params`]) follows the gossipsub v1.1 paper's evaluation and
 //! Lighthouse's choices: invalid messages (P4) weigh heavily and quadratically, first
-//! deliveries (P2) earn a little, mesh delivery deficits (P3) are off because transaction
-//! traffic is bursty and a quiet network would punish honest peers; the application score
-//! (our own per-peer score of faults on every protocol) carries weight 1.
+//! deliveries (P2) earn a little; the application score (our own per-peer score of faults
+//! on every protocol) carries weight 1. Mesh delivery deficits (P3) are off for
+//! transactions, whose traffic is bursty (a quiet pool would punish honest peers), and on
+//! for blocks only where [`delivery`] can tell a censor from an honest peer: many
+//! producers, blocks arriving.
 
+pub mod delivery;
 mod messages;
 
 use std::time::Duration;
@@ -27,6 +30,7 @@ use libp2p::gossipsub::{
 };
 use libp2p::identity::Keypair;
 
+pub use delivery::{BlockSources, DeliveryGate};
 pub use messages::{GossipMessage, decode};
 
 pub type Behaviour = gossipsub::Behaviour;
@@ -43,6 +47,9 @@ const ENVELOPE: usize = 16 * 1024;
 /// gossip from anyone (seen in ten-node devnets at 200 tx/s). 400 ids of 32 bytes, each
 /// with its field header, stay under 16 KiB with the topic name.
 const MAX_CONTROL_IDS: usize = 400;
+/// The most peers a mesh of ours takes before it refuses inbound GRAFTs (see
+/// [`config`]).
+const MESH_N_HIGH: usize = 32;
 /// The control bytes we accept in one RPC: enough for a peer on gossipsub's defaults
 /// (5,000 ids per IHAVE), still bounded.
 const MAX_CONTROL_BYTES: usize = 256 * 1024;
@@ -98,8 +105,14 @@ pub fn config(network_id: &str, mina: bool) -> Result<gossipsub::Config, String>
         // transaction.
         .mesh_n_for_topic(2, tx_topic(network_id).hash())
         .mesh_n_low_for_topic(1, tx_topic(network_id).hash())
-        .mesh_n_high_for_topic(4, tx_topic(network_id).hash())
         .mesh_outbound_min_for_topic(1, tx_topic(network_id).hash())
+        // A mesh refuses GRAFTs from inbound peers once it holds `mesh_n_high`, and the
+        // refused peer backs off for a minute: peers that join every mesh at once (and
+        // never forward) would fill small meshes and shut honest inbound peers out until
+        // their mesh-delivery penalty prunes them. The cap leaves room for them all, and
+        // mesh sizes stay near twice `mesh_n` anyway (our grafts plus our peers').
+        .mesh_n_high_for_topic(MESH_N_HIGH, tx_topic(network_id).hash())
+        .mesh_n_high_for_topic(MESH_N_HIGH, block_topic(network_id).hash())
         .idontwant_on_publish(true)
         .build()
         .map_err(|e| e.to_string())
@@ -126,18 +139,9 @@ pub fn colocation_penalty(peers_at_ip: usize) -> f64 {
     }
 }
 
-/// Peer scoring: thresholds and per-topic parameters (documented in the module header).
-pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) {
-    let mut p = PeerScoreParams {
-        app_specific_weight: 1.0,
-        // Every test and devnet runs many nodes on one address: colocation must not
-        // count against them. Operators on the public internet keep the default check
-        // through `ip_colocation_factor_threshold` below.
-        ip_colocation_factor_weight: IP_COLOCATION_WEIGHT,
-        ip_colocation_factor_threshold: IP_COLOCATION_THRESHOLD,
-        ..PeerScoreParams::default()
-    };
-    let tx = TopicScoreParams {
+/// The transaction topic's scoring.
+fn tx_score_params() -> TopicScoreParams {
+    TopicScoreParams {
         topic_weight: 0.5,
         time_in_mesh_weight: 0.01,
         time_in_mesh_quantum: Duration::from_secs(1),
@@ -151,17 +155,37 @@ pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) 
         invalid_message_deliveries_weight: -10.0,
         invalid_message_deliveries_decay: 0.5,
         ..TopicScoreParams::default()
-    };
-    let block = TopicScoreParams {
+    }
+}
+
+/// The block topic's scoring without mesh-delivery scoring, which
+/// [`delivery::with_mesh_deliveries`] adds while [`DeliveryGate`] says so.
+pub fn block_score_params() -> TopicScoreParams {
+    TopicScoreParams {
         topic_weight: 1.0,
         first_message_deliveries_weight: 1.0,
         first_message_deliveries_cap: 20.0,
         // An invalid block is signed garbage or a lie: one is enough to graylist.
         invalid_message_deliveries_weight: -100.0,
-        ..tx.clone()
+        ..tx_score_params()
+    }
+}
+
+/// Peer scoring: thresholds and per-topic parameters (documented in the module header).
+pub fn score_params(network_id: &str) -> (PeerScoreParams, PeerScoreThresholds) {
+    let mut p = PeerScoreParams {
+        app_specific_weight: 1.0,
+        // Every test and devnet runs many nodes on one address: colocation must not
+        // count against them. Operators on the public internet keep the default check
+        // through `ip_colocation_factor_threshold` below.
+        ip_colocation_factor_weight: IP_COLOCATION_WEIGHT,
+        ip_colocation_factor_threshold: IP_COLOCATION_THRESHOLD,
+        ..PeerScoreParams::default()
     };
-    p.topics.insert(tx_topic(network_id).hash(), tx);
-    p.topics.insert(block_topic(network_id).hash(), block);
+    p.topics
+        .insert(tx_topic(network_id).hash(), tx_score_params());
+    p.topics
+        .insert(block_topic(network_id).hash(), block_score_params());
     let t = PeerScoreThresholds {
         gossip_threshold: -10.0,
         publish_threshold: -40.0,

@@ -288,6 +288,7 @@ impl Net {
         if known {
             // Valid and ours already (produced, synced or rebuilt): let it spread.
             self.stats.blocks_accepted += 1;
+            self.block_delivered();
             self.report(&id, &source, MessageAcceptance::Accept);
             return;
         }
@@ -399,6 +400,7 @@ impl Net {
                     let acceptance = match verdict {
                         Verdict::Accept => {
                             self.stats.blocks_accepted += 1;
+                            self.block_delivered();
                             MessageAcceptance::Accept
                         }
                         Verdict::Reject => {
@@ -438,6 +440,50 @@ impl Net {
             self.stats.fetched_bytes += *bytes as u64;
         }
         self.relay.on_block(&block, got.map(|(b, _)| b));
+    }
+
+    /// A gossiped block passed validation: what the mesh-delivery gate waits for.
+    fn block_delivered(&mut self) {
+        if let Some(g) = self.delivery_gate.as_mut() {
+            g.block_accepted(std::time::Instant::now());
+        }
+    }
+
+    /// Switches mesh-delivery scoring (P3) on the block topic when the gate says so.
+    pub(super) fn tend_delivery_scoring(&mut self) {
+        let Some(g) = self.delivery_gate.as_mut() else {
+            return;
+        };
+        let Some(on) = g.poll(std::time::Instant::now()) else {
+            return;
+        };
+        let sources = g.sources();
+        let base = gossip::block_score_params();
+        let params = if on {
+            gossip::delivery::with_mesh_deliveries(&base, sources)
+        } else {
+            base
+        };
+        let topic = gossip::block_topic(&self.network_id);
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossip
+            .set_topic_params(topic, params)
+        {
+            tracing::warn!(error = e, "cannot change the block topic's scoring");
+            return;
+        }
+        if on {
+            tracing::info!(
+                producers = sources.producers,
+                "blocks arrive by gossip: mesh peers that deliver none are now penalised (mesh-delivery scoring on)"
+            );
+        } else {
+            tracing::info!(
+                "no block by gossip for half a producer rotation: mesh-delivery scoring off until blocks flow again"
+            );
+        }
     }
 
     fn report(&mut self, id: &MessageId, peer: &PeerId, a: MessageAcceptance) {

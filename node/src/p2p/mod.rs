@@ -99,6 +99,9 @@ pub struct PeerView {
     pub in_flight_limit: usize,
     /// The peer's gossipsub score as we see it (None: gossip off or no score yet).
     pub gossip_score: Option<f64>,
+    /// The gossip topics in whose mesh we hold this peer (we forward it everything on
+    /// them and expect it to forward).
+    pub gossip_mesh: Vec<String>,
 }
 
 /// Counters of the network task, as `GET /net` shows them.
@@ -337,9 +340,13 @@ struct Net {
     pull: PullSync<PeerId>,
     permits_out: HashMap<OutboundRequestId, u32>,
     held: HashMap<PeerId, pool_sync::Held>,
+    settle: pool_sync::Settle,
     gossip_txs: Vec<(MessageId, PeerId, Tx)>,
     validating: usize,
     forwarded: gossip::Forwarded,
+    /// Whether mesh-delivery scoring (P3) is on for the block topic; `None` where it
+    /// never is (few producers, gossip off, or turned off in the config).
+    delivery_gate: Option<chainmesh_behaviours::gossip::DeliveryGate>,
     pool_config: chainmesh_mempool::PoolConfig,
     pool: crate::pool::SharedPool,
     /// Gossiped transactions being added to the pool.
@@ -519,9 +526,20 @@ pub fn start(
         pull: PullSync::new(PullConfig::default()),
         permits_out: HashMap::new(),
         held: HashMap::new(),
+        settle: pool_sync::Settle::new(Instant::now()),
         gossip_txs: Vec::new(),
         validating: 0,
         forwarded: gossip::Forwarded::default(),
+        delivery_gate: (p.cfg.gossip && p.cfg.mesh_delivery_scoring)
+            .then(|| {
+                chainmesh_behaviours::gossip::DeliveryGate::new(
+                    chainmesh_behaviours::gossip::BlockSources {
+                        producers: p.genesis.authorities.len(),
+                        block_time: Duration::from_millis(p.genesis.block_time_ms),
+                    },
+                )
+            })
+            .flatten(),
         pool_config: pool_config.clone(),
         pool: p.pool,
         pooling: 0,
@@ -1513,6 +1531,7 @@ impl Net {
         if self.last_tend.elapsed() >= Duration::from_secs(1) {
             self.last_tend = Instant::now();
             self.police_graylisted();
+            self.tend_delivery_scoring();
             self.drop_silent_peers();
             self.tend_peers();
             self.tend_discovery();
@@ -1666,6 +1685,13 @@ impl Net {
 
     fn peer_views(&self) -> Vec<PeerView> {
         let now = now_ms();
+        let gossip = &self.swarm.behaviour().gossip;
+        let mut mesh: HashMap<&PeerId, Vec<String>> = HashMap::new();
+        for topic in gossip.topics() {
+            for peer in gossip.mesh_peers(topic) {
+                mesh.entry(peer).or_default().push(topic.to_string());
+            }
+        }
         self.peers
             .iter()
             .map(|(id, p)| {
@@ -1685,6 +1711,7 @@ impl Net {
                     request_size: stats.request_size,
                     in_flight_limit: stats.in_flight_limit,
                     gossip_score: self.swarm.behaviour().gossip.peer_score(id),
+                    gossip_mesh: mesh.get(id).cloned().unwrap_or_default(),
                 }
             })
             .collect()

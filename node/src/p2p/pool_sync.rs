@@ -21,8 +21,52 @@ use super::{Internal, Net, Outbound};
 use crate::chain::now_ms;
 use crate::pool::SharedPool;
 
-/// How long pulled ids wait before we look for them in our pool, when gossip is on.
-const PULL_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+/// How long pulled ids wait for gossip before we look for them in our pool and fetch
+/// the ones still missing. Gossip normally brings them within the wait and the fetch is
+/// saved; when it does not (peers that join our meshes and forward nothing, or honest
+/// mesh links crowded out), the wait only delays every transaction. So the wait halves
+/// each time a fetch finds most of a batch still missing, grows back by a step when
+/// gossip had them, and is tried at its longest again every few seconds.
+#[derive(Debug)]
+pub(super) struct Settle {
+    wait_ms: u64,
+    last_probe: Instant,
+}
+
+impl Settle {
+    const MAX_MS: u64 = 300;
+    const STEP_MS: u64 = 30;
+    const PROBE: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Batches smaller than this say too little about gossip.
+    const MIN_SAMPLE: usize = 4;
+
+    pub(super) fn new(now: Instant) -> Settle {
+        Settle {
+            wait_ms: Self::MAX_MS,
+            last_probe: now,
+        }
+    }
+
+    pub(super) fn wait(&mut self, now: Instant) -> std::time::Duration {
+        if now.saturating_duration_since(self.last_probe) >= Self::PROBE {
+            self.last_probe = now;
+            self.wait_ms = Self::MAX_MS;
+        }
+        std::time::Duration::from_millis(self.wait_ms)
+    }
+
+    /// After a wait: of `asked` pulled ids, `missing` had not come by gossip.
+    pub(super) fn observe(&mut self, asked: usize, missing: usize) {
+        if asked < Self::MIN_SAMPLE {
+            return;
+        }
+        if missing * 2 >= asked {
+            self.wait_ms /= 2;
+        } else if missing * 10 <= asked {
+            self.wait_ms = (self.wait_ms + Self::STEP_MS).min(Self::MAX_MS);
+        }
+    }
+}
 
 /// A permit we hold until our pool has entries past its cursor.
 pub(super) struct Held {
@@ -231,7 +275,7 @@ impl Net {
         // With gossip on, the freshest entries of an answer are usually still on their way
         // by gossip: looking them up a moment later saves fetching them twice.
         let settle = if self.cfg.gossip {
-            PULL_SETTLE
+            self.settle.wait(Instant::now())
         } else {
             std::time::Duration::ZERO
         };
@@ -257,6 +301,9 @@ impl Net {
         asked: Vec<Hash>,
         missing: Option<Vec<Hash>>,
     ) {
+        if let Some(m) = &missing {
+            self.settle.observe(asked.len(), m.len());
+        }
         match missing {
             Some(m) if !m.is_empty() && self.peers.contains_key(&peer) => {
                 self.stats.pool_txs_fetched += m.len() as u64;
@@ -421,4 +468,41 @@ pub(super) fn spawn_ingest(
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settle;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_wait_for_gossip_shrinks_while_gossip_fails_and_comes_back() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(t0);
+        assert_eq!(s.wait(t0), Duration::from_millis(300));
+        // Gossip brought nothing of five batches: no wait left.
+        for _ in 0..9 {
+            s.observe(8, 6);
+        }
+        assert_eq!(s.wait(t0), Duration::ZERO);
+        // Tiny batches say nothing.
+        s.observe(2, 0);
+        assert_eq!(s.wait(t0), Duration::ZERO);
+        // Gossip delivers again: the wait grows back step by step...
+        s.observe(10, 0);
+        assert_eq!(s.wait(t0), Duration::from_millis(30));
+        // ...and is probed at its longest every ten seconds.
+        s.observe(8, 8);
+        assert_eq!(
+            s.wait(t0 + Duration::from_secs(10)),
+            Duration::from_millis(300)
+        );
+        for _ in 0..20 {
+            s.observe(10, 0);
+        }
+        assert_eq!(
+            s.wait(t0 + Duration::from_secs(11)),
+            Duration::from_millis(300)
+        );
+    }
 }

@@ -18,7 +18,6 @@
 //!   rate of all cores in batches of 1,024 (the cheapest per signature), measured three
 //!   times before and three times after and the median taken.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use anyhow::bail;
 use chainmesh_chain_sync::{Allocation, ChainLimits, Genesis, Store};
 use chainmesh_mempool::{PersistentPool, PoolConfig};
 use chainmesh_node::config::{Config, genesis_to_toml};
+use chainmesh_node::seen::Seen;
 use chainmesh_proto::{Hash, Keypair, PublicKey, Tx, wire};
 use serde::Serialize;
 
@@ -355,56 +355,10 @@ fn push_all(
     })
 }
 
-/// Unix ms of an RFC 3339 UTC timestamp as tracing writes it (`2026-11-23T06:55:01.123456Z`).
-fn parse_ts(s: &str) -> Option<f64> {
-    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (hh, mm) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let ss: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3_600 + mm * 60) as f64 + ss) * 1_000.0)
-}
-
-/// First sight of every transaction and block in one node's log.
-#[derive(Default)]
-struct Seen {
-    txs: HashMap<String, f64>,
-    blocks: HashMap<String, f64>,
-}
-
 fn read_seen(home: &Path) -> anyhow::Result<Seen> {
-    let text = std::fs::read_to_string(home.join("node.log"))?;
-    let mut s = Seen::default();
-    for line in text.lines() {
-        if !line.contains("chainmesh::seen") {
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(ts) = v["timestamp"].as_str().and_then(parse_ts) else {
-            continue;
-        };
-        let f = &v["fields"];
-        if let Some(t) = f["tx"].as_str() {
-            s.txs.entry(t.to_string()).or_insert(ts);
-        } else if let Some(b) = f["block"].as_str() {
-            s.blocks.entry(b.to_string()).or_insert(ts);
-        }
-    }
-    Ok(s)
+    Ok(chainmesh_node::seen::read(&std::fs::read_to_string(
+        home.join("node.log"),
+    )?))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -696,15 +650,4 @@ pub fn report(results: &[GossipResult], ingest: &IngestResult, command: &str) ->
         ingest.ratio
     );
     md
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps_parse() {
-        let t = super::parse_ts("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(t, 86_401_500.0);
-        let t = super::parse_ts("2026-11-23T06:55:01.123456Z").unwrap();
-        assert!((t - 1_795_416_901_123.456).abs() < 0.01, "{t}");
-    }
 }
