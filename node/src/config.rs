@@ -366,6 +366,9 @@ impl Config {
         if self.chain.max_reorg_depth == 0 {
             bail!("chain.max_reorg_depth must be at least 1");
         }
+        if self.chain.cache_mb == 0 {
+            bail!("chain.cache_mb must be at least 1 (sled's page cache, in MiB)");
+        }
         for a in self
             .p2p
             .listen
@@ -712,6 +715,9 @@ mod tests {
         std::fs::write(&p, "[mempool]\nmax_txs = 0\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("max_txs"), "{e}");
+        std::fs::write(&p, "[chain]\ncache_mb = 0\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("chain.cache_mb"), "{e}");
         std::fs::write(&p, "[p2p]\nbootstrap = [\"nowhere\"]\n").unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("not a multiaddr"), "{e}");

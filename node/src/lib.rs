@@ -15,6 +15,13 @@ pub mod progress;
 pub mod seen;
 pub mod setup;
 
+/// The allocator of every binary built on this crate (the node, the tests' copy of it,
+/// the benchmarks): glibc's malloc keeps memory a long-running node has freed (see
+/// docs/security.md, "Soak"); jemalloc gives it back.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

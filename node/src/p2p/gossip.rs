@@ -10,6 +10,7 @@ use chainmesh_behaviours::peers::Fault;
 use chainmesh_behaviours::sync::Request;
 use chainmesh_chain_sync::relay::{RelayAction, Verdict};
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use chainmesh_chain_sync::rules::{tx_signatures, validate_header_alone};
 use chainmesh_chain_sync::store::StoreReader;
@@ -445,7 +446,7 @@ impl Net {
     /// A gossiped block passed validation: what the mesh-delivery gate waits for.
     fn block_delivered(&mut self) {
         if let Some(g) = self.delivery_gate.as_mut() {
-            g.block_accepted(std::time::Instant::now());
+            g.block_accepted(Instant::now());
         }
     }
 
@@ -454,7 +455,7 @@ impl Net {
         let Some(g) = self.delivery_gate.as_mut() else {
             return;
         };
-        let Some(on) = g.poll(std::time::Instant::now()) else {
+        let Some(on) = g.poll(Instant::now()) else {
             return;
         };
         let sources = g.sources();
@@ -535,34 +536,79 @@ fn precheck_verdict(e: &AddError) -> (MessageAcceptance, Option<(Fault, String)>
     }
 }
 
-/// The (sender, nonce) pairs this node has forwarded by gossip, the latest
-/// [`MAX_FORWARDED`]: a transaction is checked against confirmed state only, so without
-/// this a sender could have any number of transactions with one nonce spread by every
-/// node, though at most one of them can ever be included.
+/// The (sender, nonce) pairs this node has forwarded by gossip in the last
+/// [`FORWARDED_FOR`], at most [`MAX_FORWARDED`]: a transaction is checked against
+/// confirmed state only, so without this a sender could have any number of transactions
+/// with one nonce spread by every node, though at most one of them can ever be included.
+/// The window, not only the count, bounds it: a count alone fills up over hours at a
+/// quiet pace and holds memory for transactions long since in blocks (whose nonces
+/// confirmed state refuses anyway).
 #[derive(Default)]
 pub(super) struct Forwarded {
     ids: HashMap<(Address, u64), Hash>,
-    order: VecDeque<(Address, u64)>,
+    order: VecDeque<(Instant, (Address, u64))>,
 }
 
 /// About a minute of transactions at a thousand per second.
 const MAX_FORWARDED: usize = 65_536;
+/// Far longer than a transaction takes to reach every pool; a second transaction with
+/// the same nonce after that costs the network one more forward every five minutes.
+const FORWARDED_FOR: Duration = Duration::from_secs(300);
 
 impl Forwarded {
     /// Whether `tx` is the first of its sender and nonce (or that one again).
     fn first(&mut self, tx: &Tx) -> bool {
+        self.first_at(tx, Instant::now())
+    }
+
+    fn first_at(&mut self, tx: &Tx, now: Instant) -> bool {
+        while let Some(&(at, old)) = self.order.front() {
+            if self.order.len() < MAX_FORWARDED && now.saturating_duration_since(at) < FORWARDED_FOR
+            {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&old);
+        }
         let key = (tx.from, tx.nonce);
         let id = tx.id();
         if let Some(seen) = self.ids.get(&key) {
             return *seen == id;
         }
-        if self.order.len() >= MAX_FORWARDED
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
-        }
         self.ids.insert(key, id);
-        self.order.push_back(key);
+        self.order.push_back((now, key));
         true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainmesh_proto::{Keypair, PublicKey};
+
+    #[test]
+    fn forwarded_refuses_a_second_tx_per_nonce_and_forgets_after_its_window() {
+        let (k, chain, to) = (Keypair::generate(), Hash([1; 32]), PublicKey([2; 32]));
+        let t0 = Instant::now();
+        let mut f = Forwarded::default();
+        let tx = Tx::transfer(&k, &chain, to, 1, 1, 0);
+        let other = Tx::transfer(&k, &chain, to, 2, 1, 0);
+        assert!(f.first_at(&tx, t0));
+        assert!(f.first_at(&tx, t0), "the same tx again is still the first");
+        assert!(!f.first_at(&other, t0 + Duration::from_secs(10)));
+        for nonce in 1..100 {
+            assert!(f.first_at(&Tx::transfer(&k, &chain, to, 1, 1, nonce), t0));
+        }
+        assert_eq!(f.len(), 100);
+        // At a steady pace only the last window stays: memory does not creep up with
+        // the chain's age.
+        let later = t0 + FORWARDED_FOR + Duration::from_secs(1);
+        assert!(f.first_at(&other, later));
+        assert_eq!(f.len(), 1);
     }
 }

@@ -190,7 +190,7 @@ fn calibrate(quick: bool) -> anyhow::Result<Calibration> {
 fn sync_workloads(quick: bool) -> Vec<Workload> {
     // 500 large blocks (~290 MB) measure the same rate as the 1,700 of earlier runs and
     // keep the full suite within half an hour (building them is signing 2 million txs).
-    let (large, small) = if quick { (60, 3_000) } else { (500, 20_000) };
+    let (large, small) = if quick { (20, 3_000) } else { (500, 20_000) };
     vec![
         Workload {
             name: "large blocks (~0.6 MB)",

@@ -647,7 +647,7 @@ impl ScaleSettings {
                 // The sync benchmark's small-block workload, so the two compare.
                 sync_blocks: 3_000,
                 tx_rate: 50,
-                load_seconds: 20,
+                load_seconds: 10,
             }
         } else {
             ScaleSettings {

@@ -131,7 +131,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let ingest = gossip::bench_ingest(ingest_txs)?;
 
     let (import_blocks, reopen_blocks) = if quick {
-        (1_000, 20_000)
+        (200, 20_000)
     } else {
         (10_000, 1_000_000)
     };
@@ -141,7 +141,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (bits, runs) = if quick { (16, 5) } else { (20, 21) };
     let admission = admission::run(bits, runs)?;
 
-    let (api_seconds, api_blocks) = if quick { (3, 150) } else { (10, 600) };
+    let (api_seconds, api_blocks) = if quick { (3, 30) } else { (10, 600) };
     let api = api::bench_api(api_seconds, api_blocks)?;
 
     let settings = ScaleSettings::new(quick);
