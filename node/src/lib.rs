@@ -1,5 +1,6 @@
 //! The `chainmesh` full node: CLI, config, chain task, block producer and HTTP API.
 
+pub mod allocator;
 pub mod api;
 pub mod chain;
 pub mod client;
@@ -14,13 +15,6 @@ pub mod pool;
 pub mod progress;
 pub mod seen;
 pub mod setup;
-
-/// The allocator of every binary built on this crate (the node, the tests' copy of it,
-/// the benchmarks): glibc's malloc keeps memory a long-running node has freed (see
-/// docs/security.md, "Soak"); jemalloc gives it back.
-#[cfg(target_os = "linux")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -512,6 +506,9 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
     let served = rt.block_on(async {
         let mut registry = prometheus_client::registry::Registry::default();
         pool.metrics().register(&mut registry);
+        registry
+            .sub_registry_with_prefix("chainmesh_allocator")
+            .register_collector(Box::new(allocator::AllocatorStats));
         let net = p2p::start(
             p2p::NetworkParams {
                 cfg: cfg.p2p.clone(),

@@ -155,6 +155,8 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
         "chainmesh_reorg_depth_blocks",
         "chainmesh_missed_slots",
         "chainmesh_mempool_admissions",
+        "chainmesh_allocator_allocated_bytes",
+        "chainmesh_allocator_resident_bytes",
         "chainmesh_protocol_bytes",
         "chainmesh_request_duration_seconds",
         "chainmesh_request_failures",
@@ -179,6 +181,17 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
         })
         .expect("a chainmesh_height sample");
     assert!(height >= 1.0, "height {height}");
+    // The allocator's view: what the node holds, within what is resident, within RSS
+    // (read a moment later, so with some room).
+    let allocated = node.metric("chainmesh_allocator_allocated_bytes", &[]);
+    let resident = node.metric("chainmesh_allocator_resident_bytes", &[]);
+    let rss = node.rss_kib() as f64 * 1024.0;
+    assert!(
+        allocated
+            .zip(resident)
+            .is_some_and(|(a, r)| a > 1e6 && a <= r && r <= rss * 1.1),
+        "allocated {allocated:?}, resident {resident:?}, RSS {rss}"
+    );
     let sample = |name: &str, labels: &[(&str, &str)]| node.metric(name, labels);
     let admitted = |result| {
         sample(
