@@ -99,7 +99,7 @@ pub fn tx_signatures_valid(chain: &Hash, blocks: &[Block]) -> bool {
 
 /// The cores to verify on, asked once: on Linux the answer reads cgroup files, which
 /// cost more than verifying a small batch.
-fn cores() -> usize {
+pub fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
@@ -107,22 +107,7 @@ fn cores() -> usize {
 /// Verifies each transaction's signature, in batches over every core; a batch that fails
 /// is verified one by one so that honest transactions next to a forged one still pass.
 pub fn tx_signatures(chain: &Hash, txs: &[chainmesh_proto::Tx]) -> Vec<bool> {
-    let check = |chunk: &[chainmesh_proto::Tx]| -> Vec<bool> {
-        let msgs: Vec<Vec<u8>> = chunk.iter().map(|t| t.signing_bytes(chain)).collect();
-        let items: Vec<_> = chunk
-            .iter()
-            .zip(&msgs)
-            .map(|(t, m)| (&t.from, m.as_slice(), &t.signature))
-            .collect();
-        if chainmesh_proto::crypto::verify_batch(&items) {
-            vec![true; chunk.len()]
-        } else {
-            items
-                .iter()
-                .map(|(k, m, s)| chainmesh_proto::crypto::verify(k, m, s))
-                .collect()
-        }
-    };
+    let check = |chunk: &[chainmesh_proto::Tx]| batch_of_txs(chain, chunk);
     let (threads, chunk) = split(txs.len());
     if threads <= 1 {
         return txs.chunks(chunk).flat_map(check).collect();
@@ -139,6 +124,33 @@ pub fn tx_signatures(chain: &Hash, txs: &[chainmesh_proto::Tx]) -> Vec<bool> {
             .flat_map(|(h, part)| h.join().unwrap_or_else(|_| vec![false; part.len()]))
             .collect()
     })
+}
+
+/// [`tx_signatures`] on the calling thread, in the largest batches: for a caller that
+/// runs several such jobs at once (one per core) rather than splitting each one, so
+/// that no job waits for its slowest share.
+pub fn tx_signatures_here(chain: &Hash, txs: &[chainmesh_proto::Tx]) -> Vec<bool> {
+    txs.chunks(MAX_CHUNK)
+        .flat_map(|c| batch_of_txs(chain, c))
+        .collect()
+}
+
+/// One batch; one by one only if the batch fails, to tell the forged from the rest.
+fn batch_of_txs(chain: &Hash, chunk: &[chainmesh_proto::Tx]) -> Vec<bool> {
+    let msgs: Vec<Vec<u8>> = chunk.iter().map(|t| t.signing_bytes(chain)).collect();
+    let items: Vec<_> = chunk
+        .iter()
+        .zip(&msgs)
+        .map(|(t, m)| (&t.from, m.as_slice(), &t.signature))
+        .collect();
+    if chainmesh_proto::crypto::verify_batch(&items) {
+        vec![true; chunk.len()]
+    } else {
+        items
+            .iter()
+            .map(|(k, m, s)| chainmesh_proto::crypto::verify(k, m, s))
+            .collect()
+    }
 }
 
 /// Header rules against the parent: linkage, slot order and timing, proof of authority.

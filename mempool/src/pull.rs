@@ -32,7 +32,9 @@ impl Default for PullConfig {
             max_entries: 1024,
             retry_ms: 2_000,
             max_fetching: 8_192,
-            max_in_hand: 2,
+            // One answer per core being verified, one being added, one waiting: the
+            // next permit's round trip overlaps the work in hand.
+            max_in_hand: 4,
         }
     }
 }

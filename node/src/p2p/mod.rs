@@ -499,7 +499,11 @@ pub fn start(
     let (sync_tx, sync_rx) = watch::channel(SyncView::default());
     let rps = p.cfg.sync_requests_per_second;
     let pool_config = p.pool.lock().pool().config().clone();
-    let verify_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    // One slot per core: a synced batch's verification takes them all (it spreads over
+    // every core), an answer of pulled transactions one (several run side by side).
+    let verify_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        chainmesh_chain_sync::rules::cores(),
+    ));
     let ingest = pool_sync::spawn_ingest(
         tip.genesis,
         verify_slots.clone(),

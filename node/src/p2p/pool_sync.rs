@@ -10,9 +10,11 @@ use chainmesh_behaviours::codec::Malformed;
 use chainmesh_behaviours::peers::Fault;
 use chainmesh_behaviours::pool;
 use chainmesh_behaviours::sync::Request;
-use chainmesh_chain_sync::rules::tx_signatures;
+use chainmesh_chain_sync::rules::tx_signatures_here;
 use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_proto::{Hash, Tx, pb_net};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use libp2p::PeerId;
 use libp2p::request_response::{self, ResponseChannel};
 use tokio::sync::{Semaphore, mpsc};
@@ -379,11 +381,47 @@ pub(super) struct Pulled {
 /// `max_fetching` ids, at most `max_entries` per answer).
 const INGEST_QUEUE: usize = 64;
 
+/// Verifies one answer's signatures on a blocking thread, holding one verification slot.
+/// A panic in verification, or a node shutting down, takes nothing of the answer.
+async fn verify_pulled(genesis: Hash, slots: Arc<Semaphore>, p: Pulled) -> (Pulled, Vec<bool>) {
+    let Pulled { peer, asked, txs } = p;
+    let nothing = |peer, asked| {
+        (
+            Pulled {
+                peer,
+                asked,
+                txs: Vec::new(),
+            },
+            Vec::new(),
+        )
+    };
+    let Ok(_slot) = slots.acquire_owned().await else {
+        return nothing(peer, asked);
+    };
+    let verified = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let ok = tx_signatures_here(&genesis, &txs);
+        tracing::debug!(
+            target: "chainmesh::ingest",
+            txs = txs.len(),
+            us = t.elapsed().as_micros() as u64,
+            "pulled transactions verified"
+        );
+        (txs, ok)
+    })
+    .await;
+    match verified {
+        Ok((txs, ok)) => (Pulled { peer, asked, txs }, ok),
+        Err(_) => nothing(peer, asked),
+    }
+}
+
 /// Takes pulled transactions into the pool in two stages, each in arrival order so that
-/// a sender's nonces enter in sequence: batch signature verification (on every core,
-/// one job at a time with block verification, `slots`), then the pool on a blocking
-/// thread. One answer is added while the next is verified. Each answer's outcome
-/// comes back as [`Internal::PullAdded`].
+/// a sender's nonces enter in sequence: batch signature verification, then the pool on a
+/// blocking thread. Up to one answer per core is verified at once, each on one thread in
+/// full batches (one verification slot each; a synced batch of blocks takes them all),
+/// while the answer before them is added. Each answer's outcome comes back as
+/// [`Internal::PullAdded`].
 pub(super) fn spawn_ingest(
     genesis: Hash,
     slots: Arc<Semaphore>,
@@ -394,37 +432,22 @@ pub(super) fn spawn_ingest(
     let (tx, mut rx) = mpsc::channel::<Pulled>(INGEST_QUEUE);
     let (verified_tx, mut verified_rx) = mpsc::channel::<(Pulled, Vec<bool>)>(1);
     let done = internal.clone();
+    let width = chainmesh_chain_sync::rules::cores();
     tokio::spawn(async move {
-        while let Some(Pulled { peer, asked, txs }) = rx.recv().await {
-            let Ok(_slot) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let verified = tokio::task::spawn_blocking(move || {
-                let t = Instant::now();
-                let ok = tx_signatures(&genesis, &txs);
-                tracing::debug!(
-                    target: "chainmesh::ingest",
-                    txs = txs.len(),
-                    us = t.elapsed().as_micros() as u64,
-                    "pulled transactions verified"
-                );
-                (txs, ok)
-            })
-            .await;
-            let next = match verified {
-                Ok((txs, ok)) => (Pulled { peer, asked, txs }, ok),
-                // A panic in verification: nothing of this answer is taken.
-                Err(_) => (
-                    Pulled {
-                        peer,
-                        asked,
-                        txs: Vec::new(),
-                    },
-                    Vec::new(),
-                ),
-            };
-            if verified_tx.send(next).await.is_err() {
-                break;
+        let mut verifying = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                next = rx.recv(), if open && verifying.len() < width => match next {
+                    Some(p) => verifying.push_back(verify_pulled(genesis, slots.clone(), p)),
+                    None => open = false,
+                },
+                Some(v) = verifying.next(), if !verifying.is_empty() => {
+                    if verified_tx.send(v).await.is_err() {
+                        break;
+                    }
+                }
+                else => break,
             }
         }
     });

@@ -1,8 +1,8 @@
 //! Signature verification ahead of import, so that it overlaps with download and with
 //! the chain task's writes: the transaction signatures of every batch of synced blocks
 //! are batch-verified on all cores as soon as the batch arrives; when the syncer hands
-//! the blocks to import, the chain task skips what was verified. One verification job
-//! runs at a time (it uses every core itself).
+//! the blocks to import, the chain task skips what was verified. Such a job takes every
+//! verification slot (it uses every core itself).
 
 use std::collections::HashSet;
 
@@ -46,7 +46,8 @@ impl Net {
             self.internal_tx.clone(),
         );
         tokio::spawn(async move {
-            let ok = match slots.acquire_owned().await {
+            let all = chainmesh_chain_sync::rules::cores() as u32;
+            let ok = match slots.acquire_many_owned(all).await {
                 Ok(_permit) => {
                     tokio::task::spawn_blocking(move || tx_signatures_valid(&chain, &blocks))
                         .await

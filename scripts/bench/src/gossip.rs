@@ -39,6 +39,9 @@ pub const BLOCK_TIME_MS: u64 = 2_000;
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Both,
+    /// Gossip and pull on a topology the nodes build themselves with the default peer
+    /// target (a chain of bootstrap peers, then peer exchange), as a deployment would.
+    Peered,
     GossipOnly,
     PullOnly,
     DirectPush,
@@ -48,16 +51,23 @@ impl Mode {
     pub fn parse(s: &str) -> anyhow::Result<Mode> {
         Ok(match s {
             "both" => Mode::Both,
+            "peered" => Mode::Peered,
             "gossip" => Mode::GossipOnly,
             "pull" => Mode::PullOnly,
             "direct" => Mode::DirectPush,
-            _ => bail!("unknown mode {s:?}: both, gossip, pull or direct"),
+            _ => bail!("unknown mode {s:?}: both, peered, gossip, pull or direct"),
         })
+    }
+
+    /// Gossip and pull both on (the node's configuration by default).
+    pub fn both(self) -> bool {
+        matches!(self, Mode::Both | Mode::Peered)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Both => "gossip + pull",
+            Mode::Peered => "gossip + pull, default peering",
             Mode::GossipOnly => "gossip only",
             Mode::PullOnly => "pull only",
             Mode::DirectPush => "direct push (reference)",
@@ -69,6 +79,8 @@ impl Mode {
 pub struct GossipResult {
     pub nodes: usize,
     pub mode: Mode,
+    /// Connected peers per node when the load started (mean).
+    pub peers_mean: f64,
     pub txs: usize,
     pub tx_rate: u64,
     pub txs_reached_all: usize,
@@ -178,7 +190,12 @@ struct Running {
 
 /// Starts `count` nodes in a ring with chords (node i dials i−1, and i − count/2 when
 /// i ≥ count/2; the last also dials node 0): three peers each, diameter about count/4.
-fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Result<Running> {
+/// With [`Mode::Peered`], node i dials only i−1 and finds the rest itself (peer
+/// exchange, the DHT) up to the default peer target. Returns the running nodes and the
+/// mean number of peers each has once the network is up.
+fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Result<(Running, f64)> {
+    let peered = mode == Mode::Peered;
+    let target = Config::default().p2p.target_peers as usize;
     let mut r = Running {
         homes: Vec::new(),
         apis: Vec::new(),
@@ -188,8 +205,11 @@ fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Resu
     for i in 0..count {
         let producer = i == 0;
         let home = node_home(root, i, n, |c| {
-            c.p2p.gossip = matches!(mode, Mode::Both | Mode::GossipOnly);
-            c.p2p.pool_sync = matches!(mode, Mode::Both | Mode::PullOnly);
+            c.p2p.gossip = mode.both() || mode == Mode::GossipOnly;
+            c.p2p.pool_sync = mode.both() || mode == Mode::PullOnly;
+            if peered {
+                c.p2p.target_peers = target as u32;
+            }
             if producer {
                 c.producer_key = Some("producer.key".into());
             }
@@ -201,10 +221,10 @@ fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Resu
         if i >= 1 {
             dial.push(addrs[i - 1].clone());
         }
-        if i >= count / 2 && i - count / 2 != i - 1 {
+        if !peered && i >= count / 2 && i - count / 2 != i - 1 {
             dial.push(addrs[i - count / 2].clone());
         }
-        if i == count - 1 && count > 2 {
+        if !peered && i == count - 1 && count > 2 {
             dial.push(addrs[0].clone());
         }
         let extra: Vec<String> = dial
@@ -218,24 +238,33 @@ fn start_network(root: &Path, n: &Net, count: usize, mode: Mode) -> anyhow::Resu
         r.homes.push(home);
     }
     let http = client()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Self-made peering waits for every node to reach the peer target (or every other
+    // node); a sparse ring for two peers each.
+    let want = if peered {
+        target.min(count - 1)
+    } else {
+        2.min(count - 1)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut counts;
     loop {
-        let mut ok = true;
+        counts = Vec::new();
         for a in &r.apis {
             let peers: Vec<serde_json::Value> = http.get(format!("{a}/peers")).send()?.json()?;
-            ok &= peers.len() >= 2;
+            counts.push(peers.len());
         }
-        if ok {
+        if counts.iter().all(|&c| c >= want) {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the network did not connect in 60 s");
+            bail!("the network did not reach {want} peers per node in 90 s: {counts:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     // Meshes form on gossipsub's heartbeat.
     std::thread::sleep(Duration::from_secs(3));
-    Ok(r)
+    let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
+    Ok((r, mean))
 }
 
 fn client() -> anyhow::Result<reqwest::blocking::Client> {
@@ -388,7 +417,7 @@ pub fn bench_gossip(
     let root = bench_root()?;
     let n = new_net();
     let chain = n.genesis.hash();
-    let running = start_network(root.path(), &n, count, mode)?;
+    let (running, peers_mean) = start_network(root.path(), &n, count, mode)?;
     let sent = load(
         &n,
         &chain,
@@ -448,6 +477,7 @@ pub fn bench_gossip(
     Ok(GossipResult {
         nodes: count,
         mode,
+        peers_mean,
         txs: sent.len(),
         tx_rate: rate,
         txs_reached_all: reached,
@@ -589,20 +619,23 @@ fn ms(v: f64) -> String {
 pub fn report(results: &[GossipResult], ingest: &IngestResult, command: &str) -> String {
     let mut md = format!(
         "## Gossip and mempool (real nodes on 127.0.0.1)\n\nProduced by `{command}`. A sparse \
-         topology (ring with chords, three peers each), one producer (2 s slots), 64 \
+         topology (ring with chords, three peers each) or, for `default peering`, the one the \
+         nodes build themselves from a chain of bootstrap peers with the default peer target \
+         (8); one producer (2 s slots), 64 \
          senders; latency = last node's first sight − submission (txs) or − the producer's \
          sight (blocks); amplification = payload bytes received by all nodes ÷ ((N − 1) × \
          payload), counting every copy of a transaction received (gossip duplicates \
          included); wire = every byte received for transactions (gossipsub's envelope of \
          signature, sender, sequence number and topic; the pool log's ids) ÷ the same.\n\n\
-         | nodes | mode | txs (rate/s) | reached all | tx p50 ms | tx p99 ms | blocks | block p50 ms | block p99 ms | ampl. gossip | ampl. pull | ampl. total | wire gossip | wire pull | wire total |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         | nodes | mode | peers per node | txs (rate/s) | reached all | tx p50 ms | tx p99 ms | blocks | block p50 ms | block p99 ms | ampl. gossip | ampl. pull | ampl. total | wire gossip | wire pull | wire total |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in results {
         md += &format!(
-            "| {} | {} | {} ({}) | {} | {:.0} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.1} | {} ({}) | {} | {:.0} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             r.nodes,
             r.mode.name(),
+            r.peers_mean,
             r.txs,
             r.tx_rate,
             r.txs_reached_all,
@@ -624,16 +657,15 @@ pub fn report(results: &[GossipResult], ingest: &IngestResult, command: &str) ->
         .map(|r| r.nodes)
         .collect::<std::collections::BTreeSet<_>>()
     {
-        let both = results
-            .iter()
-            .find(|r| r.nodes == nodes && r.mode == Mode::Both);
         let direct = results
             .iter()
             .find(|r| r.nodes == nodes && r.mode == Mode::DirectPush);
-        if let (Some(b), Some(d)) = (both, direct) {
+        for b in results.iter().filter(|r| r.nodes == nodes && r.mode.both()) {
+            let Some(d) = direct else { break };
             md += &format!(
-                "\nN = {nodes}: tx p99 with gossip + pull ÷ direct push = {:.2} (target ≤ 2); \
-                 amplification with both = {:.2} (target ≤ 2; wire {:.2}).\n",
+                "\nN = {nodes}, {}: tx p99 ÷ direct push = {:.2} (target ≤ 2); \
+                 amplification = {:.2} (target ≤ 2; wire {:.2}).\n",
+                b.mode.name(),
                 b.tx_p99_ms / d.tx_p99_ms,
                 b.amplification,
                 b.wire

@@ -247,7 +247,9 @@ fn run_scale(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `chainmesh-bench gossip [--quick] [--out DIR]`: the gossip and mempool benchmark.
+/// `chainmesh-bench gossip [--quick] [--out DIR] [--nodes 10,30] [--modes direct,both,
+/// peered,gossip,pull]`: the gossip and mempool benchmark (`peered`, the topology the
+/// nodes build themselves, is not in the default runs).
 fn run_gossip(args: &[String]) -> anyhow::Result<()> {
     use gossip::Mode;
     let (quick, out) = (flag(args, "--quick"), out_dir(args));

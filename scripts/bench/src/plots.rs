@@ -69,13 +69,13 @@ fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
 fn propagation_cdf(path: &Path, gossip: &[GossipResult]) -> anyhow::Result<()> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for g in gossip {
-        if matches!(g.mode, Mode::Both | Mode::DirectPush) && !g.tx_all_ms.is_empty() {
+        if (g.mode.both() || g.mode == Mode::DirectPush) && !g.tx_all_ms.is_empty() {
             series.push((
                 format!("tx, {} nodes, {}", g.nodes, g.mode.name()),
                 cdf_points(&g.tx_all_ms),
             ));
         }
-        if matches!(g.mode, Mode::Both) && !g.block_all_ms.is_empty() {
+        if g.mode.both() && !g.block_all_ms.is_empty() {
             series.push((
                 format!("block, {} nodes, {}", g.nodes, g.mode.name()),
                 cdf_points(&g.block_all_ms),

@@ -247,7 +247,7 @@ fn rows(
         .filter(|g| !matches!(g.mode, Mode::DirectPush))
     {
         let name = format!("{} nodes, {}", g.nodes, g.mode.name());
-        if matches!(g.mode, Mode::Both)
+        if g.mode.both()
             && let Some(d) = direct(g.nodes)
         {
             rows.push(row(
@@ -259,7 +259,7 @@ fn rows(
                 Target::AtMost(2.0),
             ));
         }
-        if matches!(g.mode, Mode::Both) {
+        if g.mode.both() {
             // Blocks have no direct-push reference (the producer does not push them);
             // the gossip issue asks for "well under a slot".
             let slot = gossip::BLOCK_TIME_MS as f64;
@@ -278,7 +278,7 @@ fn rows(
             format!("{:.2}", g.amplification),
             "1.00 (each node gets each tx once)".into(),
             Some(g.amplification),
-            if matches!(g.mode, Mode::Both) {
+            if g.mode.both() {
                 Target::AtMost(2.0)
             } else {
                 Target::None
