@@ -506,7 +506,7 @@ fn a_run_of_blocks_goes_in_as_one_write_and_stops_at_the_first_invalid() {
     assert_eq!(dest.tip(), src.tip());
     let dir = _e.path().to_path_buf();
     drop(dest);
-    let dest = Store::open(&dir, &n.genesis).unwrap();
+    let dest = reopen(&dir, &n.genesis).unwrap();
     assert_eq!(dest.tip(), src.tip());
     assert_eq!(dest.account(&n.bob).unwrap().balance, 50);
 }

@@ -159,12 +159,8 @@ async fn ask<T>(
 async fn status(State(st): State<ApiState>) -> Json<NodeStatus> {
     let mut s = st.status.borrow().clone();
     s.sync = st.sync.borrow().clone();
-    let pool = st.pool.lock();
-    (s.mempool_txs, s.mempool_bytes, s.pool_head) = (
-        pool.pool().len(),
-        pool.pool().bytes(),
-        pool.pool().log_head(),
-    );
+    let pool = st.pool.gauges();
+    (s.mempool_txs, s.mempool_bytes, s.pool_head) = (pool.txs, pool.bytes, pool.log_head);
     Json(s)
 }
 

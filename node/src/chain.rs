@@ -135,10 +135,8 @@ impl ChainService {
         producer: Option<Keypair>,
     ) -> (Self, watch::Receiver<NodeStatus>) {
         let tip = store.tip().clone();
-        let (mempool_txs, mempool_bytes, pool_head) = {
-            let p = pool.lock();
-            (p.pool().len(), p.pool().bytes(), p.pool().log_head())
-        };
+        let g = pool.gauges();
+        let (mempool_txs, mempool_bytes, pool_head) = (g.txs, g.bytes, g.log_head);
         let status = NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             network_id: store.genesis().network_id.clone(),
@@ -185,15 +183,14 @@ impl ChainService {
     /// The pool as it is, the tip as of the last flush.
     fn publish_status(&self) {
         let tip = &self.durable;
-        let pool = self.pool.lock();
-        let pool = pool.pool();
+        let pool = self.pool.gauges();
         self.status.send_modify(|s| {
             s.height = tip.height;
             s.tip = tip.hash;
             s.tip_slot = tip.slot;
-            s.mempool_txs = pool.len();
-            s.mempool_bytes = pool.bytes();
-            s.pool_head = pool.log_head();
+            s.mempool_txs = pool.txs;
+            s.mempool_bytes = pool.bytes;
+            s.pool_head = pool.log_head;
         });
     }
 
@@ -727,6 +724,17 @@ mod tests {
             .map(Tx::id)
             .collect();
         assert_eq!(pending, vec![t0.id(), t1.id()]);
+        // The pool's gauges, read without its lock, follow every change made under it.
+        let head = ours.pool().lock().pool().log_head();
+        assert_eq!(
+            ours.pool().gauges(),
+            crate::pool::PoolGauges {
+                txs: 2,
+                bytes: ours.pool().lock().pool().bytes(),
+                orphans: 0,
+                log_head: head,
+            }
+        );
         // The new tip is reported once a flush made it durable.
         assert!(ours.status.borrow().height < 2);
         ours.flush_now();
@@ -739,5 +747,9 @@ mod tests {
         ours.produce(&f.b, 5).unwrap();
         assert_eq!(ours.store().account(&bob).unwrap().balance, 300);
         assert!(ours.pool().lock().pool().is_empty());
+        assert_eq!(
+            (ours.pool().gauges().txs, ours.pool().gauges().bytes),
+            (0, 0)
+        );
     }
 }

@@ -8,6 +8,8 @@
 //! before an import is pruned right after it. Peers' reads (pool log, transactions by
 //! id, compact-block lookups) take the lock too, never the chain task's queue.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chainmesh_chain_sync::state::AccountReader;
@@ -23,13 +25,84 @@ pub struct SharedPool {
     pool: Arc<Mutex<PersistentPool>>,
     /// The chain's and the pool's counters: whoever holds the pool counts through it.
     metrics: ChainMetrics,
+    gauges: Arc<Gauges>,
+}
+
+/// The pool's size and log head as of the last release of its lock, read without it.
+/// The pool is held for milliseconds at a time (a pulled answer of a thousand
+/// transactions is added under it, a new tip prunes under it): a `/status` handler or
+/// the network event loop that took the lock for a counter stalled its runtime thread
+/// that long.
+#[derive(Default)]
+struct Gauges {
+    txs: AtomicUsize,
+    bytes: AtomicUsize,
+    orphans: AtomicUsize,
+    head: AtomicU64,
+}
+
+/// What the pool's gauges read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGauges {
+    pub txs: usize,
+    pub bytes: usize,
+    pub orphans: usize,
+    pub log_head: u64,
+}
+
+/// The pool, held; its gauges are brought up to date when it is released.
+pub struct PoolGuard<'a> {
+    guard: MutexGuard<'a, PersistentPool>,
+    gauges: &'a Gauges,
+}
+
+impl Deref for PoolGuard<'_> {
+    type Target = PersistentPool;
+    fn deref(&self) -> &PersistentPool {
+        &self.guard
+    }
+}
+
+impl DerefMut for PoolGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PersistentPool {
+        &mut self.guard
+    }
+}
+
+impl Drop for PoolGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the lock: the gauges move with the pool, never behind a change
+        // that another thread has already seen.
+        publish(self.gauges, &self.guard);
+    }
+}
+
+fn publish(g: &Gauges, p: &PersistentPool) {
+    g.txs.store(p.pool().len(), Ordering::Release);
+    g.bytes.store(p.pool().bytes(), Ordering::Release);
+    g.orphans.store(p.orphans(), Ordering::Release);
+    g.head.store(p.pool().log_head(), Ordering::Release);
 }
 
 impl SharedPool {
     pub fn new(pool: PersistentPool) -> Self {
+        let gauges = Arc::new(Gauges::default());
+        publish(&gauges, &pool);
         SharedPool {
             pool: Arc::new(Mutex::new(pool)),
             metrics: ChainMetrics::default(),
+            gauges,
+        }
+    }
+
+    /// The pool's size and log head, without waiting for its lock.
+    pub fn gauges(&self) -> PoolGauges {
+        let g = &self.gauges;
+        PoolGauges {
+            txs: g.txs.load(Ordering::Acquire),
+            bytes: g.bytes.load(Ordering::Acquire),
+            orphans: g.orphans.load(Ordering::Acquire),
+            log_head: g.head.load(Ordering::Acquire),
         }
     }
 
@@ -40,8 +113,11 @@ impl SharedPool {
     /// The pool, for one short step. A panic while it was held leaves a pool whose
     /// every operation completed or did not start (they are not interleaved), so it is
     /// used as it is rather than poisoning the node.
-    pub fn lock(&self) -> MutexGuard<'_, PersistentPool> {
-        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    pub fn lock(&self) -> PoolGuard<'_> {
+        PoolGuard {
+            guard: self.pool.lock().unwrap_or_else(PoisonError::into_inner),
+            gauges: &self.gauges,
+        }
     }
 
     /// Adds peers' transactions whose signatures were verified, outside the chain task
@@ -55,17 +131,21 @@ impl SharedPool {
         let (results, writes) = self
             .lock()
             .add_many_unwritten(txs, &ReaderState(reader), true);
-        for r in &results {
+        self.admitted(&results);
+        if let Err(e) = writes.apply() {
+            tracing::error!(error = %e, "the mempool cannot be written");
+        }
+        results
+    }
+
+    fn admitted(&self, results: &[Result<Added, AddError>]) {
+        for r in results {
             self.metrics.admitted("peer", r);
         }
         for added in results.iter().flatten() {
             // First sight of a transaction, for latency measurements across nodes.
             tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
         }
-        if let Err(e) = writes.apply() {
-            tracing::error!(error = %e, "the mempool cannot be written");
-        }
-        results
     }
 
     /// Adds one client's transaction (its signature is checked here), written to sled but

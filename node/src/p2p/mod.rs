@@ -1654,10 +1654,8 @@ impl Net {
     fn update_metrics(&self) {
         let now = now_ms();
         let progress = self.syncer.progress();
-        let (mempool_txs, mempool_bytes, mempool_orphans) = {
-            let p = self.pool.lock();
-            (p.pool().len(), p.pool().bytes(), p.orphans())
-        };
+        let p = self.pool.gauges();
+        let (mempool_txs, mempool_bytes, mempool_orphans) = (p.txs, p.bytes, p.orphans);
         let scores: Vec<f64> = self
             .peers
             .keys()

@@ -80,7 +80,7 @@ pub(super) struct Held {
 
 impl Net {
     fn pool_head(&self) -> u64 {
-        self.pool.lock().pool().log_head()
+        self.pool.gauges().log_head
     }
 
     pub(super) fn on_pool_event(&mut self, ev: pool::Event) {
