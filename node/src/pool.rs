@@ -10,11 +10,11 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use chainmesh_chain_sync::state::AccountReader;
 use chainmesh_chain_sync::store::{AccountsTree, StoreReader};
-use chainmesh_mempool::{AccountState, AddError, Added, PersistentPool, Pool};
+use chainmesh_mempool::{AccountState, AddError, Added, PersistentPool, Pool, Writes};
 use chainmesh_proto::{Account, Address};
 
 use crate::chain::SubmitError;
@@ -40,6 +40,9 @@ struct Gauges {
     orphans: AtomicUsize,
     head: AtomicU64,
 }
+
+/// Each transaction's outcome, and the sled writes still to apply.
+pub(crate) type Pooled = (Vec<Result<Added, AddError>>, Writes);
 
 /// What the pool's gauges read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +139,30 @@ impl SharedPool {
             tracing::error!(error = %e, "the mempool cannot be written");
         }
         results
+    }
+
+    /// [`Self::add_verified`] on the caller's thread, if the pool is free this instant:
+    /// the in-memory add of a few transactions takes microseconds, a wait for the lock
+    /// (a pulled answer, a new tip's pruning) milliseconds, so a caller that must not
+    /// block gets its transactions back when the lock is held. The sled writes are
+    /// returned, to be applied off that thread.
+    pub(crate) fn try_add_verified(
+        &self,
+        reader: &StoreReader,
+        txs: Vec<chainmesh_proto::Tx>,
+    ) -> Result<Pooled, Vec<chainmesh_proto::Tx>> {
+        let guard = match self.pool.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(txs),
+        };
+        let (results, writes) = PoolGuard {
+            guard,
+            gauges: &self.gauges,
+        }
+        .add_many_unwritten(txs, &ReaderState(reader), true);
+        self.admitted(&results);
+        Ok((results, writes))
     }
 
     fn admitted(&self, results: &[Result<Added, AddError>]) {

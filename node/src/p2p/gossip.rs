@@ -213,6 +213,24 @@ impl Net {
             tracing::debug!(txs = n, "pool busy: gossiped transactions not pooled");
             return;
         }
+        // A few, with the pool free: in it now, not after a blocking thread wakes (this
+        // is most of a hop's time on a busy machine); only the sled write goes there.
+        let pool = if n <= INLINE_CHECK {
+            match self.pool.try_add_verified(&self.reader, pool) {
+                Ok((_, writes)) => {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = writes.apply() {
+                            tracing::error!(error = %e, "the mempool cannot be written");
+                        }
+                    });
+                    self.service_held_permits();
+                    return;
+                }
+                Err(busy) => busy,
+            }
+        } else {
+            pool
+        };
         self.pooling += n;
         let (shared, reader, internal) = (
             self.pool.clone(),
