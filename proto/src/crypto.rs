@@ -102,7 +102,14 @@ impl std::fmt::Debug for Keypair {
 /// craft a transaction (a signature with a small-order component) that some nodes
 /// accept in one batch and others refuse alone or in another batch, and a block that
 /// holds it splits the network.
+///
+/// A key of small order signs nothing: by the cofactored equation, anyone can make a
+/// signature under such a key (R = sB for any s), so whatever was sent to one (the
+/// all-zero key, the identity: easy to take for a burn address) would be anyone's.
 pub fn verify(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
+    if !may_sign(key) {
+        return false;
+    }
     let Ok(vk) = ed25519_zebra::VerificationKey::try_from(key.0) else {
         return false;
     };
@@ -120,8 +127,12 @@ pub fn verify_batch(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
     if let [(k, m, s)] = items {
         return verify(k, m, s);
     }
+    let mut keys = std::collections::HashSet::new();
     let mut batch = ed25519_zebra::batch::Verifier::new();
     for (k, m, s) in items {
+        if keys.insert(k.0) && !may_sign(k) {
+            return false;
+        }
         batch.queue((
             ed25519_zebra::VerificationKeyBytes::from(k.0),
             ed25519_zebra::Signature::from_bytes(&s.0),
@@ -129,6 +140,13 @@ pub fn verify_batch(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
         ));
     }
     batch.verify(rand::thread_rng()).is_ok()
+}
+
+/// A curve point whose order is not small: the keys that can sign.
+fn may_sign(key: &PublicKey) -> bool {
+    curve25519_dalek::edwards::CompressedEdwardsY(key.0)
+        .decompress()
+        .is_some_and(|p| !p.is_small_order())
 }
 
 #[cfg(test)]
@@ -234,5 +252,37 @@ mod tests {
         // By ZIP-215's cofactored equation, it is valid: what matters is that every
         // node agrees.
         assert!(alone);
+    }
+
+    /// Under a small-order key, s = anything and R = sB satisfy the cofactored equation
+    /// for every message: such "signatures" are refused alone and in batches.
+    #[test]
+    fn nothing_is_signed_by_a_key_of_small_order() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        let s = Scalar::from_bytes_mod_order_wide(&[3; 64]);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice((B * s).compress().as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        let forged = Signature(sig);
+        let honest = Keypair::generate();
+        let fine = (honest.public(), b"ok".to_vec(), honest.sign(b"ok"));
+        let mut keys: Vec<[u8; 32]> = EIGHT_TORSION
+            .iter()
+            .map(|p| p.compress().to_bytes())
+            .collect();
+        keys.push([0; 32]);
+        for k in keys {
+            let key = PublicKey(k);
+            // The cofactored equation alone would take it (what ed25519-zebra checks).
+            let zebra = ed25519_zebra::VerificationKey::try_from(k).map(|vk| {
+                vk.verify(&ed25519_zebra::Signature::from_bytes(&sig), b"any")
+                    .is_ok()
+            });
+            assert_eq!(zebra, Ok(true), "{}", hex::encode(k));
+            assert!(!verify(&key, b"any", &forged));
+            assert!(!batch_of(&[fine.clone(), (key, b"any".to_vec(), forged)]));
+        }
+        assert!(batch_of(&[fine.clone(), fine]));
     }
 }
