@@ -198,11 +198,13 @@ fn an_admission_flood_keeps_no_state_and_honest_clients_are_still_admitted() {
         std::thread::spawn(move || flood_admission(&addr, 10_000, &stop))
     };
     std::thread::sleep(Duration::from_millis(500));
+    // Honest clients come through the whole flood (at most 60 of them); the flood is not
+    // cut short when they are done: on a loaded machine it takes longer than 60 clients
+    // (it is bounded by its own count and time).
     let mut honest = Vec::new();
     while !flood.is_finished() || honest.len() < 5 {
-        honest.push(admit_one(&addr));
-        if honest.len() >= 60 {
-            break;
+        if honest.len() < 60 {
+            honest.push(admit_one(&addr));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
