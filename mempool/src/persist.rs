@@ -114,9 +114,12 @@ impl PersistentPool {
                 break;
             };
             // Verified when it arrived; the pool judges the rest as for any newcomer.
-            if self.pool.add_verified(tx, state).is_err() {
+            let Ok(added) = self.pool.add_verified(tx, state) else {
                 break;
-            }
+            };
+            // Its first sight in the pool, as callers log for what they add (the
+            // network's latency measurements read these records).
+            tracing::trace!(target: "chainmesh::seen", tx = %added.id, "tx");
             n += 1;
         }
         n

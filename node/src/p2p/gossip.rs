@@ -213,9 +213,11 @@ impl Net {
             tracing::debug!(txs = n, "pool busy: gossiped transactions not pooled");
             return;
         }
-        // A few, with the pool free: in it now, not after a blocking thread wakes (this
-        // is most of a hop's time on a busy machine); only the sled write goes there.
-        let pool = if n <= INLINE_CHECK {
+        // A few, with the pool free and none of ours on their way to it (they enter in
+        // arrival order, so a sender's nonces do too): in it now, not after a blocking
+        // thread wakes (most of a hop's time on a busy machine); only the sled write
+        // goes there.
+        let pool = if n <= INLINE_CHECK && self.pooling == 0 {
             match self.pool.try_add_verified(&self.reader, pool) {
                 Ok((_, writes)) => {
                     tokio::task::spawn_blocking(move || {
