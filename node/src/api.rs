@@ -52,6 +52,8 @@ pub struct ApiState {
     pub pool: crate::pool::SharedPool,
     /// The last minutes, for the dashboard's charts.
     pub history: crate::history::History,
+    /// Signatures of submitted blocks are checked against it.
+    pub genesis_hash: Hash,
 }
 
 pub struct ApiError {
@@ -122,7 +124,13 @@ impl From<SubmitError> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-pub fn router(state: ApiState, max_body: usize) -> Router {
+/// `max_body` bounds every request body but a submitted block's, which may be as large
+/// as a block: `max_block_bytes` in binary, about three times that in JSON.
+pub fn router(state: ApiState, max_body: usize, max_block_bytes: u64) -> Router {
+    let block_body = usize::try_from(max_block_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(4)
+        .saturating_add(64 * 1024);
     Router::new()
         .route("/", get(dashboard))
         .route("/history", get(history))
@@ -132,6 +140,10 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/net/dht", get(dht))
         .route("/metrics", get(metrics))
         .route("/blocks/{id}", get(block))
+        .route(
+            "/blocks",
+            axum::routing::post(submit_block).layer(DefaultBodyLimit::max(block_body)),
+        )
         .route("/accounts/{address}", get(account))
         .route("/txs", axum::routing::post(submit_tx))
         .route("/txs/{id}", get(tx))
@@ -292,7 +304,8 @@ pub struct BlockView {
     pub txs: Vec<TxView>,
 }
 
-fn block_view(b: &Block, canonical: bool) -> BlockView {
+/// A block as `GET /blocks/{id}` shows it (and `POST /blocks` takes it).
+pub fn block_view(b: &Block, canonical: bool) -> BlockView {
     BlockView {
         hash: b.hash(),
         canonical,
@@ -392,22 +405,21 @@ pub struct Submitted {
     pub status: &'static str,
 }
 
+/// A body that is not the JSON asked for: `413` if too large, else `400`, with axum's
+/// reason.
+fn bad_body(r: JsonRejection) -> ApiError {
+    let status = match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, "bad_request", r.body_text())
+}
+
 async fn submit_tx(
     State(st): State<ApiState>,
     body: Result<Json<Tx>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
-    let Json(tx) = body.map_err(|r| {
-        let status = r.status();
-        ApiError::new(
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                status
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            "bad_request",
-            r.body_text(),
-        )
-    })?;
+    let Json(tx) = body.map_err(bad_body)?;
     let _permit = st
         .submissions
         .clone()
@@ -439,6 +451,100 @@ async fn submit_tx(
             status: "pending",
         }),
     ))
+}
+
+#[derive(Serialize)]
+pub struct BlockSubmitted {
+    pub hash: Hash,
+    pub height: u64,
+    /// Whether it is on our chain (a block of a fork we do not follow is stored only).
+    pub canonical: bool,
+}
+
+/// A submitted block: the shape `GET /blocks/{id}` answers with (header fields and
+/// `txs`; its `hash`, `canonical` and transaction `id`s are derived, so ignored).
+#[derive(Deserialize)]
+pub struct BlockBody {
+    #[serde(flatten)]
+    pub header: chainmesh_proto::Header,
+    pub txs: Vec<Tx>,
+}
+
+/// A block from a client (an external producer, or a relay of its own): checked as a
+/// peer's is, imported, and announced to peers if it became our tip.
+async fn submit_block(
+    State(st): State<ApiState>,
+    body: Result<Json<BlockBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<BlockSubmitted>), ApiError> {
+    let Json(BlockBody { header, txs }) = body.map_err(bad_body)?;
+    let block = Block { header, txs };
+    let _permit = st
+        .submissions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::busy())?;
+    let (hash, height) = (block.hash(), block.header.height);
+    // Signatures off the async threads: the producer's, and those of transactions our
+    // pool does not hold (it verified its own on their way in, as gossip relay counts).
+    let (pool, genesis) = (st.pool.clone(), st.genesis_hash);
+    let block = tokio::task::spawn_blocking(move || {
+        if !block.header.verify_signature() {
+            return Err("the producer's signature is invalid".to_string());
+        }
+        let unverified: Vec<Tx> = {
+            let guard = pool.lock();
+            let p = guard.pool();
+            block
+                .txs
+                .iter()
+                .filter(|t| !p.contains(&t.id()))
+                .cloned()
+                .collect()
+        };
+        let ok = chainmesh_chain_sync::rules::tx_signatures(&genesis, &unverified);
+        match ok.iter().position(|ok| !ok) {
+            Some(i) => Err(format!(
+                "transaction {} has an invalid signature",
+                unverified[i].id()
+            )),
+            None => Ok(block),
+        }
+    })
+    .await
+    .map_err(|_| ApiError::busy())?
+    .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_block", why))?;
+    let r = ask(&st, |reply| Command::ImportBlocks {
+        blocks: vec![block],
+        sigs_verified: true,
+        announce: true,
+        reply,
+    })
+    .await?;
+    match r {
+        chainmesh_chain_sync::sync::ImportResult::Done => {
+            let canonical = st
+                .reader
+                .canonical_hash(height)
+                .map_err(ApiError::internal)?
+                == Some(hash);
+            Ok((
+                StatusCode::OK,
+                Json(BlockSubmitted {
+                    hash,
+                    height,
+                    canonical,
+                }),
+            ))
+        }
+        chainmesh_chain_sync::sync::ImportResult::Failed {
+            invalid, reason, ..
+        } => Err(if invalid {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_block", reason)
+        } else {
+            // Not the block's fault: an unknown parent, or our storage.
+            ApiError::new(StatusCode::CONFLICT, "not_imported", reason)
+        }),
+    }
 }
 
 /// Binds the API listener, reporting a taken port clearly.

@@ -41,10 +41,14 @@ pub enum Command {
         reply: oneshot::Sender<u64>,
     },
     /// Blocks from sync, in order, imported in runs; reported once a flush covers them.
-    /// `sigs_verified`: the network task batch-verified their transaction signatures.
+    /// `sigs_verified`: the caller verified their signatures (the network task batch-
+    /// verifies transactions; the API, a submitted block's header too). `announce`: a
+    /// block of the run that becomes our tip is announced to peers once durable (a block
+    /// a client submitted; peers' blocks are relayed by the network task itself).
     ImportBlocks {
         blocks: Vec<chainmesh_proto::Block>,
         sigs_verified: bool,
+        announce: bool,
         reply: oneshot::Sender<ImportResult>,
     },
 }
@@ -54,8 +58,9 @@ pub enum Command {
 pub enum ChainEvent {
     /// A transaction submitted through the API entered the pool: publish it.
     NewTx(Tx),
-    /// We produced a block: announce it.
-    Produced(chainmesh_proto::Block),
+    /// A block to announce: one we produced, or one a client submitted that became our
+    /// tip.
+    Announce(chainmesh_proto::Block),
 }
 
 /// Capacity of the event channel. When it is full an event is dropped: gossip is an
@@ -118,7 +123,7 @@ enum AfterFlush {
         oneshot::Sender<Result<Hash, SubmitError>>,
         Result<Hash, SubmitError>,
     ),
-    Produced(chainmesh_proto::Block),
+    Announce(chainmesh_proto::Block),
 }
 
 /// A flush running on a blocking thread, and what it makes durable.
@@ -276,7 +281,7 @@ impl ChainService {
                 (AfterFlush::Reply(reply, _), Err(e)) => {
                     let _ = reply.send(Err(SubmitError::Storage(e.clone())));
                 }
-                (AfterFlush::Produced(b), Ok(())) => self.emit(ChainEvent::Produced(b)),
+                (AfterFlush::Announce(b), Ok(())) => self.emit(ChainEvent::Announce(b)),
                 (_, Err(_)) => {}
             }
         }
@@ -319,6 +324,7 @@ impl ChainService {
                 Command::ImportBlocks {
                     blocks,
                     sigs_verified,
+                    announce,
                     reply,
                 } => {
                     let sig = if sigs_verified {
@@ -326,7 +332,15 @@ impl ChainService {
                     } else {
                         SigCheck::Verify
                     };
-                    let _ = reply.send(self.import_blocks(blocks, sig));
+                    let last = blocks.last().filter(|_| announce).cloned();
+                    let r = self.import_blocks(blocks, sig);
+                    if let Some(b) = last
+                        && matches!(r, ImportResult::Done)
+                        && self.store.tip().hash == b.hash()
+                    {
+                        self.waiting.push(AfterFlush::Announce(b));
+                    }
+                    let _ = reply.send(r);
                 }
                 Command::NextNonce { addr, reply } => {
                     let acct = PoolState(self.store.account_reader())
@@ -425,7 +439,7 @@ impl ChainService {
             tracing::info!(height = tip.height, slot, txs, hash = %hash, "produced block");
             // Announced once durable: a producer that crashed with its block announced
             // but lost would produce another for the same slot.
-            self.waiting.push(AfterFlush::Produced(block));
+            self.waiting.push(AfterFlush::Announce(block));
         }
         Ok(())
     }

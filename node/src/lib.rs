@@ -537,6 +537,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
                 .clone()
                 .run(status.clone(), net.sync.clone(), pool.clone()),
         );
+        let (genesis_hash, max_block_bytes) = (genesis.hash(), genesis.limits.max_block_bytes);
         let state = api::ApiState {
             flusher: flush::Flusher::spawn(db_for_api),
             events: events_tx,
@@ -550,11 +551,15 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
             metrics: std::sync::Arc::new(registry),
             pool,
             history,
+            genesis_hash,
         };
-        axum::serve(listener, api::router(state, cfg.api.max_body_bytes))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("API server failed")
+        axum::serve(
+            listener,
+            api::router(state, cfg.api.max_body_bytes, max_block_bytes),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server failed")
     });
     // Stopping the server dropped the last command sender: the chain task flushes and ends.
     drop(rt);

@@ -212,3 +212,113 @@ fn metrics_parse_as_prometheus_text_and_carry_the_node_and_libp2p_families() {
     let txs = sample("chainmesh_block_txs_imported_total", &[]);
     assert_eq!(txs, Some(1.0));
 }
+
+/// `POST /blocks`: a block from a client (here, one another node produced) is checked as
+/// a peer's would be, imported, and announced to peers; forged, orphaned and oversized
+/// ones are refused with a reason, and the node goes on.
+#[test]
+fn a_block_submitted_through_the_api_is_checked_imported_and_announced() {
+    use crate::chains::TestNet;
+    let dir = tempfile::tempdir().unwrap();
+    let net = TestNet::new("submit", 0);
+    // A produces on its own; B and C (C's only peer is B) never hear of A.
+    let a = Node::start_run(
+        &net.node_home_with(&dir.path().join("a"), Some(&net.authority), |_| {}),
+        &[],
+    );
+    let b = Node::start_run(&net.node_home(&dir.path().join("b")), &[]);
+    let c = Node::start_run(
+        &net.node_home(&dir.path().join("c")),
+        &["--peer".to_string(), b.p2p_addr()],
+    );
+    crate::common::wait_until(20, "B and C connected", || !b.peers().is_empty());
+    // A transfer, so that one of A's blocks carries a signature to forge.
+    let chain = net.genesis.hash();
+    let bob = chainmesh_proto::Keypair::generate().public();
+    let (code, body) = a.post_tx(&Tx::transfer(&net.alice, &chain, bob, 5, 1, 0));
+    assert_eq!(code, 202, "{body}");
+    crate::common::wait_until(20, "A at height 3", || a.height() >= 3);
+    let with_tx = (1..=a.height())
+        .find(|h| {
+            !a.get(&format!("/blocks/{h}"))["txs"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        })
+        .expect("the transfer is in a block");
+    let post = |n: &Node, body: String| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/blocks", n.api))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().unwrap_or_default())
+    };
+    let block = |h: u64| a.get(&format!("/blocks/{h}"));
+
+    // A block whose parent B lacks: not the block's fault, not imported.
+    let (code, body) = post(&b, block(2).to_string());
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("not_imported")),
+        "{body}"
+    );
+    // Forged: the producer's signature, or a transaction's.
+    let refused = |forged: serde_json::Value, why: &str| {
+        let (code, body) = post(&b, forged.to_string());
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (422, Some("invalid_block")),
+            "{body}"
+        );
+        assert!(body["message"].as_str().unwrap().contains(why), "{body}");
+    };
+    let mut forged = block(1);
+    let sig = forged["signature"].as_str().unwrap().to_string();
+    let flipped = if sig.starts_with('0') { "1" } else { "0" };
+    forged["signature"] = format!("{flipped}{}", &sig[1..]).into();
+    refused(forged, "producer");
+    let mut forged = block(with_tx);
+    forged["txs"][0]["amount"] = 6.into();
+    refused(forged, "signature");
+    // Malformed and oversized bodies.
+    let (code, body) = post(&b, "{\"height\": ".into());
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = post(&b, "x".repeat(9 << 20));
+    assert_eq!(code, 413);
+    assert_eq!(b.height(), 0, "nothing refused was imported");
+
+    // A's blocks in order: each one B's tip, and announced to C by gossip.
+    for h in 1..=with_tx.max(2) {
+        let (code, body) = post(&b, block(h).to_string());
+        assert_eq!(code, 200, "block {h}: {body}");
+        assert_eq!(
+            (body["height"].as_u64(), body["canonical"].as_bool()),
+            (Some(h), Some(true))
+        );
+    }
+    let top = with_tx.max(2);
+    crate::common::wait_until(20, "B and C at A's height", || {
+        b.height() == top && c.height() == top
+    });
+    assert_eq!(
+        c.get(&format!("/blocks/{top}"))["hash"],
+        block(top)["hash"],
+        "C follows A's chain"
+    );
+    assert!(
+        c.get("/net")["blocks_accepted"].as_u64().unwrap() >= 1,
+        "C heard of the blocks by gossip: {}",
+        c.get("/net")
+    );
+    // Known already: accepted again, nothing changes.
+    let (code, body) = post(&b, block(1).to_string());
+    assert_eq!(
+        (code, body["canonical"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    assert_eq!(b.height(), top);
+}

@@ -171,6 +171,8 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         out.into_inner()
     };
     let api_tx = serde_json::to_vec(&tx).unwrap();
+    // A block as `GET /blocks/{id}` shows it, which `POST /blocks` takes.
+    let api_block = serde_json::to_vec(&chainmesh_node::api::block_view(&block, true)).unwrap();
     vec![
         (
             "frame",
@@ -298,6 +300,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 api_tx,
                 br#"{"topic":"mina/tx/1.0.0","data_hex":"00ff10"}"#.to_vec(),
                 tx.id().to_hex().into_bytes(),
+                api_block,
             ],
         ),
     ]

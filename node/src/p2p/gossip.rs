@@ -67,7 +67,7 @@ impl Net {
                 self.stats.tx_published += 1;
                 (gossip::tx_topic(&self.network_id), wire::encode_tx(&tx))
             }
-            ChainEvent::Produced(block) => {
+            ChainEvent::Announce(block) => {
                 self.stats.blocks_published += 1;
                 let cb = CompactBlock::of(&block);
                 (
@@ -393,6 +393,7 @@ impl Net {
                             .send(Command::ImportBlocks {
                                 blocks: vec![block],
                                 sigs_verified: true,
+                                announce: false,
                                 reply,
                             })
                             .await

@@ -99,6 +99,7 @@ impl Net {
             let cmd = Command::ImportBlocks {
                 blocks,
                 sigs_verified,
+                announce: false,
                 reply,
             };
             let stopped = || ImportResult::Failed {

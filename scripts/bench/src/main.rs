@@ -272,6 +272,7 @@ fn run_gossip(args: &[String]) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         None => vec![
             Mode::DirectPush,
+            Mode::DirectTxs,
             Mode::Both,
             Mode::GossipOnly,
             Mode::PullOnly,

@@ -362,6 +362,19 @@ pub fn api_json(data: &[u8]) -> bool {
         let _ = t.check_stateless(&Hash([7; 32]), 1);
         accepted = true;
     }
+    if let Ok(b) = serde_json::from_slice::<chainmesh_node::api::BlockBody>(data) {
+        // What `POST /blocks` takes is what `GET /blocks/{id}` shows.
+        let block = chainmesh_proto::Block {
+            header: b.header,
+            txs: b.txs,
+        };
+        let view = chainmesh_node::api::block_view(&block, true);
+        let shown = serde_json::to_vec(&view).expect("a block view serialises");
+        let back = serde_json::from_slice::<chainmesh_node::api::BlockBody>(&shown)
+            .expect("a block view reads back as a submitted block");
+        assert_eq!((back.header, back.txs), (block.header, block.txs));
+        accepted = true;
+    }
     if let Ok(m) = serde_json::from_slice::<chainmesh_node::api::MinaPublish>(data) {
         let _ = hex::decode(&m.data_hex);
         let _ = mina_gossip::is_mina_topic(&libp2p::gossipsub::TopicHash::from_raw(m.topic));
