@@ -481,11 +481,21 @@ impl ChainService {
     ) -> anyhow::Result<()> {
         // Written after the pool is released: peers' transactions wait for the pool, not
         // for the removal of what the block included from disk.
-        let writes = self.pool.lock().on_new_tip_unwritten(
-            applied,
-            reverted,
-            &PoolState(self.store.account_reader()),
-        );
+        let mut pool = self.pool.lock();
+        if tracing::enabled!(target: "chainmesh::seen", tracing::Level::TRACE) {
+            // A transaction can reach us first inside a block (its producer's block
+            // outran its gossip): that is its first sight here, or the latency
+            // measurements across nodes would count it as never delivered.
+            for tx in applied.iter().flat_map(|b| &b.txs) {
+                let id = tx.id();
+                if !pool.pool().contains(&id) {
+                    tracing::trace!(target: "chainmesh::seen", tx = %id, in_block = true, "tx");
+                }
+            }
+        }
+        let writes =
+            pool.on_new_tip_unwritten(applied, reverted, &PoolState(self.store.account_reader()));
+        drop(pool);
         writes.apply()?;
         if !reverted.is_empty() {
             let returned: usize = reverted.iter().map(|b| b.txs.len()).sum();

@@ -3,12 +3,14 @@
 //! - [`types`]: hashes, keys, transactions, headers, blocks and their canonical encoding
 //!   (what hashes and signatures commit to).
 //! - [`crypto`]: ed25519 key handling.
+//! - [`batch`]: transaction signatures verified in batches on every core.
 //! - [`wire`]: the prost-generated protobuf messages and conversions to the domain types,
 //!   refusing anything malformed.
 //! - [`codec`]: unsigned-varint length-prefixed framing with a maximum checked before any
 //!   allocation.
 //! - [`limits`]: every size bound in one place.
 
+pub mod batch;
 pub mod codec;
 pub mod crypto;
 pub mod limits;

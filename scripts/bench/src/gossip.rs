@@ -710,8 +710,8 @@ pub fn report(results: &[GossipResult], ingest: &IngestResult, command: &str) ->
          topology (ring with chords, three peers each) or, for `default peering`, the one the \
          nodes build themselves from a chain of bootstrap peers with the default peer target \
          (8); one producer (2 s slots), 64 \
-         senders; latency = last node's first sight − submission (txs) or − the producer's \
-         sight (blocks); amplification = payload bytes received by all nodes ÷ ((N − 1) × \
+         senders; latency = last node's first sight (in its pool, or in a block that brought \
+         it first) − submission (txs) or − the producer's sight (blocks); amplification = payload bytes received by all nodes ÷ ((N − 1) × \
          payload), counting every copy of a transaction received (gossip duplicates \
          included); wire = every byte received for transactions (gossipsub's envelope of \
          signature, sender, sequence number and topic; the pool log's ids) ÷ the same.\n\n\
