@@ -367,6 +367,23 @@ mod tests {
     use chainmesh_proto::{Account, Address, Keypair, PublicKey};
     use std::collections::BTreeMap;
 
+    /// Opens the database, waiting (up to 5 s) for the lock a just-dropped handle's
+    /// flusher thread may still hold.
+    fn open_db(dir: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match sled::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
+
     /// Transactions stored in the tree.
     fn stored(tree: &sled::Tree) -> usize {
         tree.iter()
@@ -406,7 +423,7 @@ mod tests {
         let txs: Vec<Tx> = (0..40)
             .map(|n| Tx::transfer(&k, &chain, PublicKey([1; 32]), 10, 1, n))
             .collect();
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let tree = db.open_tree("mempool").unwrap();
         let mut p =
             PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
@@ -430,7 +447,7 @@ mod tests {
         let k = Keypair::generate();
         let state = state_of(&k, 100_000, 0);
         let tx = |n| Tx::transfer(&k, &chain, PublicKey([1; 32]), 10, 1, n);
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let tree = db.open_tree("mempool").unwrap();
         let mut p =
             PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
@@ -466,7 +483,7 @@ mod tests {
         let chain = Hash::digest(b"persist");
         let k = Keypair::generate();
         let state = state_of(&k, 1_000, 0);
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let tree = db.open_tree("mempool").unwrap();
         for n in 0..3 {
             let tx = Tx::transfer(&k, &chain, PublicKey([1; 32]), 10, 1, n);
@@ -486,7 +503,7 @@ mod tests {
         let to = PublicKey([1; 32]);
         let keys: Vec<Keypair> = (0..25).map(|_| Keypair::generate()).collect();
         let mut state: BTreeMap<Address, Account> = BTreeMap::new();
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let tree = db.open_tree("mempool").unwrap();
         // 1,500 transactions: more than one batch, on more than one thread.
         for k in &keys {
@@ -538,7 +555,7 @@ mod tests {
             .map(|n| Tx::transfer(&k, &chain, to, 10, 1, n))
             .collect();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_db(dir.path());
             let mut p = PersistentPool::open(
                 db.open_tree("mempool").unwrap(),
                 PoolConfig::default(),
@@ -556,7 +573,7 @@ mod tests {
             db.flush().unwrap();
         }
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_db(dir.path());
             let p = PersistentPool::open(
                 db.open_tree("mempool").unwrap(),
                 PoolConfig::default(),
@@ -575,7 +592,7 @@ mod tests {
                 nonce: 2,
             },
         );
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let tree = db.open_tree("mempool").unwrap();
         let p = PersistentPool::open(tree.clone(), PoolConfig::default(), chain, &state).unwrap();
         assert_eq!(p.pool().len(), 3);
