@@ -20,4 +20,4 @@ pub mod pull;
 
 pub use persist::{PersistentPool, Writes};
 pub use pool::{AccountState, AddError, Added, Pool, PoolConfig};
-pub use pull::{Permit, PullConfig, PullError, PullSync};
+pub use pull::{Permit, PullConfig, PullError, PullSync, Ticket};

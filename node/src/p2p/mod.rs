@@ -49,7 +49,7 @@ use chainmesh_chain_sync::store::StoreReader;
 use chainmesh_chain_sync::sync::{
     Action, ImportResult, RequestId, SyncConfig, SyncFault, Syncer, Want,
 };
-use chainmesh_mempool::{PullConfig, PullSync};
+use chainmesh_mempool::{PullConfig, PullSync, Ticket};
 use chainmesh_proto::{Hash, Tx, pb_net};
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
@@ -242,7 +242,7 @@ enum Outbound {
     Sync(RequestId),
     RelayTxs(Hash),
     RelayBlock(Hash),
-    PullTxs { asked: Vec<Hash> },
+    PullTxs { ticket: Ticket, asked: Vec<Hash> },
 }
 
 impl Outbound {
@@ -294,6 +294,7 @@ enum Internal {
     },
     PullMissing {
         peer: PeerId,
+        ticket: Ticket,
         asked: Vec<Hash>,
         missing: Option<Vec<Hash>>,
     },
@@ -338,6 +339,9 @@ struct Net {
     /// Blocks forwarded and still importing, served to peers from here meanwhile.
     relaying: serve::Relaying,
     pull: PullSync<PeerId>,
+    /// Pulled answers that arrived before an earlier answer of the same peer; bounded by
+    /// `PullConfig::max_in_hand` per peer.
+    pulled: HashMap<Ticket, pool_sync::Pulled>,
     permits_out: HashMap<OutboundRequestId, u32>,
     held: HashMap<PeerId, pool_sync::Held>,
     settle: pool_sync::Settle,
@@ -510,6 +514,7 @@ pub fn start(
         p.pool.clone(),
         p.reader.clone(),
         internal_tx.clone(),
+        p.cfg.max_connections as usize * PullConfig::default().max_in_hand,
     );
     let mut net = Net {
         swarm,
@@ -528,6 +533,7 @@ pub fn start(
         relay: CompactRelay::new(RelayConfig::default()),
         relaying: serve::Relaying::default(),
         pull: PullSync::new(PullConfig::default()),
+        pulled: HashMap::new(),
         permits_out: HashMap::new(),
         held: HashMap::new(),
         settle: pool_sync::Settle::new(Instant::now()),
@@ -689,9 +695,10 @@ impl Net {
             Internal::PoolLog { channel, ids, next } => self.on_pool_log(channel, ids, next),
             Internal::PullMissing {
                 peer,
+                ticket,
                 asked,
                 missing,
-            } => self.on_pull_missing(peer, asked, missing),
+            } => self.on_pull_missing(peer, ticket, asked, missing),
             Internal::PullAdded {
                 peer,
                 asked,
@@ -757,7 +764,7 @@ impl Net {
             Outbound::Sync(id) => self.syncer.on_failure(id, timed_out, now),
             Outbound::RelayTxs(block) => self.on_relay_txs(block, None),
             Outbound::RelayBlock(block) => self.on_relay_block(block, None),
-            Outbound::PullTxs { asked } => self.on_pull_txs(peer, asked, None),
+            Outbound::PullTxs { ticket, asked } => self.on_pull_txs(peer, ticket, asked, None),
         }
     }
 
@@ -913,7 +920,8 @@ impl Net {
                 self.repeats.remove(&peer_id);
                 self.pex_limiter.remove(&peer_id);
                 self.relay.peer_gone(&peer_id);
-                self.pull.remove_peer(&peer_id);
+                let waiting = self.pull.remove_peer(&peer_id);
+                self.take_in(waiting);
                 self.held.remove(&peer_id);
                 self.serve_queue.remove_peer(&peer_id);
             }
@@ -1212,9 +1220,9 @@ impl Net {
             (Outbound::RelayBlock(block), Ok(Response::Blocks(mut b))) if b.len() <= 1 => {
                 self.on_relay_block(block, b.pop().map(|b| (b, bytes)))
             }
-            (Outbound::PullTxs { asked }, Ok(Response::Txs { txs, .. })) => {
+            (Outbound::PullTxs { ticket, asked }, Ok(Response::Txs { txs, .. })) => {
                 self.stats.pool_bytes_received += bytes as u64;
-                self.on_pull_txs(peer, asked, Some(txs))
+                self.on_pull_txs(peer, ticket, asked, Some(txs))
             }
             (tag, Ok(Response::Error(e))) => {
                 tracing::debug!(peer = %peer, error = ?e, "peer declined a request");

@@ -12,6 +12,7 @@ use chainmesh_behaviours::pool;
 use chainmesh_behaviours::sync::Request;
 use chainmesh_chain_sync::rules::tx_signatures_here;
 use chainmesh_chain_sync::store::StoreReader;
+use chainmesh_mempool::Ticket;
 use chainmesh_proto::{Hash, Tx, pb_net};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -115,10 +116,10 @@ impl Net {
                             .map_err(|e| e.to_string())
                     });
                 match parsed {
-                    Ok(fresh) => {
+                    Ok((ticket, fresh)) => {
                         self.stats.pool_entries_received += fresh.len() as u64;
                         self.stats.pool_bytes_received += bytes as u64;
-                        self.fetch_missing(peer, fresh);
+                        self.fetch_missing(peer, ticket, fresh);
                     }
                     Err(e) => {
                         self.pull.on_failure(&peer, now_ms());
@@ -268,9 +269,10 @@ impl Net {
     }
 
     /// Looks up which of a peer's announced ids we lack, then fetches those from it.
-    fn fetch_missing(&mut self, peer: PeerId, ids: Vec<Hash>) {
+    fn fetch_missing(&mut self, peer: PeerId, ticket: Ticket, ids: Vec<Hash>) {
         if ids.is_empty() {
-            self.pull.fetched(&peer, &[]);
+            let ready = self.pull.fetched(&peer, ticket, &[]);
+            self.take_in(ready);
             return;
         }
         let (pool, internal) = (self.pool.clone(), self.internal_tx.clone());
@@ -290,6 +292,7 @@ impl Net {
             let _ = internal
                 .send(Internal::PullMissing {
                     peer,
+                    ticket,
                     asked,
                     missing,
                 })
@@ -300,6 +303,7 @@ impl Net {
     pub(super) fn on_pull_missing(
         &mut self,
         peer: PeerId,
+        ticket: Ticket,
         asked: Vec<Hash>,
         missing: Option<Vec<Hash>>,
     ) {
@@ -312,18 +316,29 @@ impl Net {
                 self.request(
                     peer,
                     Request::GetTxs { ids: m },
-                    Outbound::PullTxs { asked },
+                    Outbound::PullTxs { ticket, asked },
                 );
             }
-            _ => self.pull.fetched(&peer, &asked),
+            _ => {
+                let ready = self.pull.fetched(&peer, ticket, &asked);
+                self.take_in(ready);
+            }
         }
     }
 
-    /// The transactions a peer sent for its pool entries: on to the ingest queue, in
-    /// nonce order; the peer's next permit may go out meanwhile.
-    pub(super) fn on_pull_txs(&mut self, peer: PeerId, asked: Vec<Hash>, txs: Option<Vec<Tx>>) {
+    /// The transactions a peer sent for one of its answers: on to the ingest queue, in
+    /// nonce order, once the answers before it are there too; the peer's next permit
+    /// may go out meanwhile.
+    pub(super) fn on_pull_txs(
+        &mut self,
+        peer: PeerId,
+        ticket: Ticket,
+        asked: Vec<Hash>,
+        txs: Option<Vec<Tx>>,
+    ) {
         let Some(mut txs) = txs else {
-            self.pull.fetched(&peer, &asked);
+            let ready = self.pull.fetched(&peer, ticket, &asked);
+            self.take_in(ready);
             return;
         };
         let wanted: std::collections::HashSet<&Hash> = asked.iter().collect();
@@ -337,16 +352,29 @@ impl Net {
             );
         }
         txs.sort_by_key(|t| (t.from, t.nonce));
-        self.pull.received(&peer);
-        if let Err(e) = self.ingest.try_send(Pulled { peer, asked, txs }) {
-            // Cannot happen while PullSync bounds what is in hand; if it did, the
-            // transactions are dropped, and the peer's log still has them.
-            let p = e.into_inner();
-            tracing::warn!(
-                txs = p.txs.len(),
-                "pool ingest queue full: pulled transactions dropped"
-            );
-            self.pull.taken_in(&p.peer, &p.asked);
+        self.pulled.insert(ticket, Pulled { peer, asked, txs });
+        let ready = self.pull.received(&peer, ticket);
+        self.take_in(ready);
+    }
+
+    /// Sends answers released by [`PullSync`] to the ingest queue, in the order given.
+    pub(super) fn take_in(&mut self, ready: Vec<Ticket>) {
+        for ticket in ready {
+            let Some(p) = self.pulled.remove(&ticket) else {
+                continue;
+            };
+            if let Err(e) = self.ingest.try_send(p) {
+                // Not expected: the queue holds every answer PullSync lets be in
+                // progress (a peer that reconnects with answers still on their way
+                // could pass it briefly). Then the transactions are dropped; gossip or
+                // another peer's log may still bring them.
+                let p = e.into_inner();
+                tracing::warn!(
+                    txs = p.txs.len(),
+                    "pool ingest queue full: pulled transactions dropped"
+                );
+                self.pull.taken_in(&p.peer, &p.asked);
+            }
         }
     }
 
@@ -376,10 +404,6 @@ pub(super) struct Pulled {
     asked: Vec<Hash>,
     txs: Vec<Tx>,
 }
-
-/// Answers waiting to be verified; [`PullSync`] bounds them far below this (its
-/// `max_fetching` ids, at most `max_entries` per answer).
-const INGEST_QUEUE: usize = 64;
 
 /// Verifies one answer's signatures on a blocking thread, holding one verification slot.
 /// A panic in verification, or a node shutting down, takes nothing of the answer.
@@ -422,14 +446,19 @@ async fn verify_pulled(genesis: Hash, slots: Arc<Semaphore>, p: Pulled) -> (Pull
 /// full batches (one verification slot each; a synced batch of blocks takes them all),
 /// while the answer before them is added. Each answer's outcome comes back as
 /// [`Internal::PullAdded`].
+///
+/// `queue` is how many answers can wait to be verified: every answer [`PullSync`] can
+/// have in progress (`max_in_hand` per peer, for every connection we allow), so none is
+/// ever dropped; their transactions are bounded by `max_fetching` ids in all.
 pub(super) fn spawn_ingest(
     genesis: Hash,
     slots: Arc<Semaphore>,
     pool: SharedPool,
     reader: StoreReader,
     internal: mpsc::Sender<Internal>,
+    queue: usize,
 ) -> mpsc::Sender<Pulled> {
-    let (tx, mut rx) = mpsc::channel::<Pulled>(INGEST_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Pulled>(queue.max(1));
     let (verified_tx, mut verified_rx) = mpsc::channel::<(Pulled, Vec<bool>)>(1);
     let done = internal.clone();
     let width = chainmesh_chain_sync::rules::cores();
