@@ -1,11 +1,14 @@
 //! Pull-based mempool sync, the receiver's side (sans I/O).
 //!
 //! We grant each peer a permit: "send me at most `max` entries of your pool log after
-//! `cursor`". The peer answers when it has some (long poll). As soon as an answer is
-//! here its next permit may go out, while the transactions of the last one are fetched
-//! and taken in, but only while fewer than `max_in_hand` of the peer's answers are in
-//! progress (being fetched, or verified and added): the next answer travels while the
-//! last ones are worked on, yet a peer can never get more than that ahead of us.
+//! `cursor`". The peer answers when it has some (long poll). While the peer is behind
+//! (its last answer was full), its next permit goes out as soon as an answer is here,
+//! while the transactions of the last one are fetched and taken in, but only while
+//! fewer than `max_in_hand` of the peer's answers are in progress (being fetched, or
+//! verified and added): the next answer travels while the last ones are worked on, yet
+//! a peer can never get more than that ahead of us. Once a peer is caught up (a short
+//! answer), the next permit waits until the last answer's transactions are here: a
+//! steady trickle then comes in one answer per fetch, not one answer per transaction.
 //! Answers fetched side by side may arrive out of order; they are released to be taken
 //! in in the order of the peer's log, so that a sender's nonces enter in sequence.
 //! Cursors live per connection; a peer that reconnects is read from the start of its
@@ -73,6 +76,8 @@ struct PeerState {
     fetching: VecDeque<(Ticket, bool)>,
     /// Answers released to be verified and added.
     in_hand: usize,
+    /// The last answer was short: the peer had nothing more.
+    caught_up: bool,
     retry_at_ms: u64,
 }
 
@@ -128,7 +133,8 @@ impl<P: Clone + Eq + StdHash> PullSync<P> {
     }
 
     /// Permits to grant now: one per peer that has none out, has fewer than
-    /// `max_in_hand` answers in progress, and is not pausing after a failure.
+    /// `max_in_hand` answers in progress (and none being fetched once it is caught up),
+    /// and is not pausing after a failure.
     pub fn permits(&mut self, now_ms: u64) -> Vec<(P, Permit)> {
         let full = self.fetching.len() >= self.cfg.max_fetching;
         let max = self.cfg.max_entries;
@@ -136,6 +142,7 @@ impl<P: Clone + Eq + StdHash> PullSync<P> {
         for (peer, s) in &mut self.peers {
             if s.permit_out
                 || s.fetching.len() + s.in_hand >= self.cfg.max_in_hand
+                || (s.caught_up && !s.fetching.is_empty())
                 || now_ms < s.retry_at_ms
                 || full
             {
@@ -183,6 +190,7 @@ impl<P: Clone + Eq + StdHash> PullSync<P> {
             });
         }
         s.cursor = next_cursor;
+        s.caught_up = ids.len() < self.cfg.max_entries as usize;
         let fresh: Vec<Hash> = ids
             .into_iter()
             .filter(|id| self.fetching.insert(*id))
@@ -287,7 +295,7 @@ mod tests {
                 ("b", Permit { cursor: 3, max: 2 })
             ]
         );
-        let (ta2, _) = s.on_entries(&"a", vec![id(4)], 8).unwrap();
+        let (ta2, _) = s.on_entries(&"a", vec![id(4), id(5)], 8).unwrap();
         assert!(
             s.permits(0).iter().all(|(k, _)| *k != "a"),
             "a is at its limit"
@@ -296,6 +304,25 @@ mod tests {
         assert_eq!(s.permits(0), vec![("a", Permit { cursor: 8, max: 2 })]);
         assert!(s.fetched(&"b", tb, &fresh).is_empty());
         assert_eq!(s.received(&"a", ta2), vec![ta2]);
+    }
+
+    #[test]
+    fn a_caught_up_peer_gets_its_next_permit_once_the_last_answer_is_fetched() {
+        let mut s = PullSync::new(PullConfig {
+            max_entries: 2,
+            ..PullConfig::default()
+        });
+        s.add_peer("a");
+        s.permits(0);
+        // A short answer: the peer had nothing more, so no new permit meanwhile (a
+        // trickle of transactions would otherwise come one answer each).
+        let (t, _) = s.on_entries(&"a", vec![id(1)], 1).unwrap();
+        assert!(s.permits(0).is_empty());
+        assert_eq!(s.received(&"a", t), vec![t]);
+        assert_eq!(s.permits(0), vec![("a", Permit { cursor: 1, max: 2 })]);
+        // Behind again (a full answer): the next permit goes out at once.
+        s.on_entries(&"a", vec![id(2), id(3)], 3).unwrap();
+        assert_eq!(s.permits(0), vec![("a", Permit { cursor: 3, max: 2 })]);
     }
 
     #[test]
@@ -321,7 +348,7 @@ mod tests {
         // An answer with nothing to fetch lets the ones after it through.
         let (t3, _) = {
             s.permits(0);
-            s.on_entries(&"a", vec![id(9)], 9).unwrap()
+            s.on_entries(&"a", vec![id(9), id(19)], 9).unwrap()
         };
         assert!(
             s.permits(0).is_empty(),
@@ -329,15 +356,15 @@ mod tests {
         );
         s.taken_in(&"a", &[id(0), id(1)]);
         s.permits(0);
-        let (t4, _) = s.on_entries(&"a", vec![id(10)], 10).unwrap();
+        let (t4, _) = s.on_entries(&"a", vec![id(10), id(20)], 10).unwrap();
         assert!(s.received(&"a", t4).is_empty());
-        assert_eq!(s.fetched(&"a", t3, &[id(9)]), vec![t4]);
+        assert_eq!(s.fetched(&"a", t3, &[id(9), id(19)]), vec![t4]);
         // A peer that leaves hands back what waited for an earlier answer.
         s.permits(0);
-        let (t5, _) = s.on_entries(&"a", vec![id(11)], 11).unwrap();
+        let (t5, _) = s.on_entries(&"a", vec![id(11), id(21)], 11).unwrap();
         s.taken_in(&"a", &[]);
         s.permits(0);
-        let (t6, _) = s.on_entries(&"a", vec![id(12)], 12).unwrap();
+        let (t6, _) = s.on_entries(&"a", vec![id(12), id(22)], 12).unwrap();
         assert!(s.received(&"a", t6).is_empty());
         assert_eq!(s.remove_peer(&"a"), vec![t6]);
         // Its answers still on their way are then taken in as they come.
